@@ -1,0 +1,1354 @@
+//! Which processes hold a socket, from its inode: what `ss -tanp` shows,
+//! read from `/proc/*/fd`.
+//!
+//! The kernel program reports the inode of a socket's file, but the task on
+//! the CPU is often not its user (softirq). The fd tables are the truth, and
+//! they name every holder: a child that inherited the fd across fork() and a
+//! process that received it with SCM_RIGHTS alike.
+//!
+//! Every process is read through a directory fd of `/proc/PID` opened first:
+//! once that process dies, lookups under the stale fd fail even if the pid
+//! has been reused, so a process's fds and its start time always belong to
+//! the same process, and `(pid, start_time)` names it unambiguously.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    ffi::{CStr, CString, OsStr},
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+    ptr::NonNull,
+    time::{Duration, Instant},
+};
+
+/// One process holding a socket through one of its fds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub fd: u32,
+    pub comm: String,
+    /// Field 22 of /proc/PID/stat: clock ticks since boot.
+    pub start_time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub start_time: u64,
+    pub open_fds: u64,
+    /// Soft RLIMIT_NOFILE; `None` = unlimited.
+    pub fd_limit: Option<u64>,
+}
+
+const DEFAULT_MIN_FULL_RESCAN: Duration = Duration::from_secs(1);
+
+/// What one process holds, as of its last scan.
+struct ProcEntry {
+    comm: String,
+    start_time: u64,
+    /// Thread whose fd dir was read, when the leader's own is unusable (see
+    /// [`visit_fd_table`]); validation must look in the same place.
+    via_tid: Option<u32>,
+    /// `(fd, inode)` of each socket fd.
+    sockets: Vec<(u32, u64)>,
+}
+
+/// Socket inode -> holders, built from /proc and refreshed on misses.
+pub struct HolderIndex {
+    proc_root: PathBuf,
+    root_fd: Option<OwnedFd>,
+    /// `(pid, fd)` lists kept sorted, the order callers get.
+    by_inode: HashMap<u64, Vec<(u32, u32)>>,
+    procs: HashMap<u32, ProcEntry>,
+    min_full_rescan: Duration,
+    last_full_scan: Option<Instant>,
+    /// Pids rescanned since the last full scan: a hint already rescanned
+    /// recently is not rescanned again on every hit.
+    recent_pid_scans: HashMap<u32, Instant>,
+    full_scans: u64,
+    pid_rescans: u64,
+    stat_buf: Vec<u8>,
+    sockets_buf: Vec<(u32, u64)>,
+}
+
+impl Default for HolderIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+enum Scan {
+    Gone,
+    NoSockets,
+    Found(ProcEntry),
+}
+
+impl HolderIndex {
+    pub fn new() -> Self {
+        Self::with_root(PathBuf::from("/proc"))
+    }
+
+    pub fn with_root(proc_root: PathBuf) -> Self {
+        Self {
+            proc_root,
+            root_fd: None,
+            by_inode: HashMap::new(),
+            procs: HashMap::new(),
+            min_full_rescan: DEFAULT_MIN_FULL_RESCAN,
+            last_full_scan: None,
+            recent_pid_scans: HashMap::new(),
+            full_scans: 0,
+            pid_rescans: 0,
+            stat_buf: Vec::with_capacity(512),
+            sockets_buf: Vec::new(),
+        }
+    }
+
+    pub fn set_min_full_rescan(&mut self, d: Duration) {
+        self.min_full_rescan = d;
+    }
+
+    /// (full scans done, pid rescans done).
+    pub fn stats(&self) -> (u64, u64) {
+        (self.full_scans, self.pid_rescans)
+    }
+
+    fn root(&mut self) -> io::Result<RawFd> {
+        if self.root_fd.is_none() {
+            self.root_fd = Some(open_dir_path(&self.proc_root)?);
+        }
+        Ok(self.root_fd.as_ref().map_or(-1, AsRawFd::as_raw_fd))
+    }
+
+    /// Rebuild inode -> holders from every /proc/*/fd; returns how many
+    /// socket fds were seen.
+    pub fn full_scan(&mut self) -> usize {
+        self.full_scans += 1;
+        self.last_full_scan = Some(Instant::now());
+        self.recent_pid_scans.clear();
+        let root_fd = match self.root() {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("holders: cannot open {}: {e}", self.proc_root.display());
+                return 0;
+            }
+        };
+        let mut root = match Dir::open_at(root_fd, c".") {
+            Ok(d) => d,
+            Err(e) => {
+                log::warn!("holders: cannot list {}: {e}", self.proc_root.display());
+                return 0;
+            }
+        };
+        let mut by_inode: HashMap<u64, Vec<(u32, u32)>> =
+            HashMap::with_capacity(self.by_inode.len());
+        let mut procs = HashMap::with_capacity(self.procs.len());
+        let mut seen = 0;
+        loop {
+            let name = match root.next_name() {
+                None => break,
+                Some(Ok(name)) => name,
+                Some(Err(e)) => {
+                    log::warn!(
+                        "holders: listing {} stopped early: {e}",
+                        self.proc_root.display()
+                    );
+                    break;
+                }
+            };
+            // Only thread-group leaders are listed here, and threads share
+            // their leader's table, so /proc/PID/task/* is never read.
+            let Some(pid) = parse_u32(name.to_bytes()) else {
+                continue;
+            };
+            let scan = scan_process(root_fd, name, &mut self.stat_buf, &mut self.sockets_buf);
+            if let Scan::Found(entry) = scan {
+                for &(fd, inode) in &entry.sockets {
+                    by_inode.entry(inode).or_default().push((pid, fd));
+                }
+                seen += entry.sockets.len();
+                procs.insert(pid, entry);
+            }
+        }
+        for list in by_inode.values_mut() {
+            list.sort_unstable();
+        }
+        self.by_inode = by_inode;
+        self.procs = procs;
+        seen
+    }
+
+    /// Re-read one process's fds (its stale entries dropped first). Returns
+    /// false if it is gone. A thread id is taken as its thread group.
+    pub fn rescan_pid(&mut self, pid: u32) -> bool {
+        self.pid_rescans += 1;
+        let now = Instant::now();
+        self.recent_pid_scans.insert(pid, now);
+        self.forget_pid(pid);
+        let Ok(root_fd) = self.root() else {
+            return false;
+        };
+        let tgid = tgid_of(root_fd, pid, &mut self.stat_buf).unwrap_or(pid);
+        if tgid != pid {
+            self.recent_pid_scans.insert(tgid, now);
+            self.forget_pid(tgid);
+        }
+        let Ok(name) = CString::new(tgid.to_string()) else {
+            return false;
+        };
+        match scan_process(root_fd, &name, &mut self.stat_buf, &mut self.sockets_buf) {
+            Scan::Gone => false,
+            Scan::NoSockets => true,
+            Scan::Found(entry) => {
+                self.insert_proc(tgid, entry);
+                true
+            }
+        }
+    }
+
+    /// Holders of a socket inode, sorted by pid then fd.
+    ///
+    /// Cached holders are checked first (the fd still links to this inode,
+    /// the pid still has the same start time); a stale one gets its process
+    /// rescanned. On a miss: rescan `hint_pid` if given, then at most one
+    /// full rescan per `min_full_rescan`, then give up (empty). On a hit, a
+    /// hint that is not among the holders (it may have inherited the fd after
+    /// the last scan) is rescanned too, at most once per `min_full_rescan`.
+    pub fn holders(&mut self, inode: u64, hint_pid: Option<u32>) -> Vec<Holder> {
+        // Inode 0 is what a socket without a file reports.
+        if inode == 0 {
+            return Vec::new();
+        }
+        let rescanned = self.stale_pids(inode);
+        for &pid in &rescanned {
+            self.rescan_pid(pid);
+        }
+        if let Some(pid) = hint_pid {
+            let list = self.by_inode.get(&inode);
+            let known = list.is_some_and(|l| l.iter().any(|&(p, _)| p == pid));
+            let recent = self
+                .recent_pid_scans
+                .get(&pid)
+                .is_some_and(|t| t.elapsed() < self.min_full_rescan);
+            if !known && !rescanned.contains(&pid) && (list.is_none() || !recent) {
+                self.rescan_pid(pid);
+            }
+        }
+        if !self.by_inode.contains_key(&inode) && self.full_scan_allowed() {
+            self.full_scan();
+        }
+        self.collect(inode)
+    }
+
+    fn full_scan_allowed(&self) -> bool {
+        self.last_full_scan
+            .is_none_or(|t| t.elapsed() >= self.min_full_rescan)
+    }
+
+    fn collect(&self, inode: u64) -> Vec<Holder> {
+        let Some(list) = self.by_inode.get(&inode) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|&(pid, fd)| {
+                let p = self.procs.get(&pid)?;
+                Some(Holder {
+                    pid,
+                    fd,
+                    comm: p.comm.clone(),
+                    start_time: p.start_time,
+                })
+            })
+            .collect()
+    }
+
+    /// Pids whose cached claim on `inode` no longer holds.
+    fn stale_pids(&mut self, inode: u64) -> Vec<u32> {
+        let mut stale = Vec::new();
+        if !self.by_inode.contains_key(&inode) {
+            return stale;
+        }
+        let Ok(root_fd) = self.root() else {
+            return stale;
+        };
+        let Some(list) = self.by_inode.get(&inode) else {
+            return stale;
+        };
+        for &(pid, fd) in list {
+            if stale.contains(&pid) {
+                continue;
+            }
+            let current = self
+                .procs
+                .get(&pid)
+                .is_some_and(|p| holder_is_current(root_fd, pid, fd, inode, p, &mut self.stat_buf));
+            if !current {
+                stale.push(pid);
+            }
+        }
+        stale
+    }
+
+    fn insert_proc(&mut self, pid: u32, entry: ProcEntry) {
+        for &(fd, inode) in &entry.sockets {
+            let list = self.by_inode.entry(inode).or_default();
+            if let Err(at) = list.binary_search(&(pid, fd)) {
+                list.insert(at, (pid, fd));
+            }
+        }
+        self.procs.insert(pid, entry);
+    }
+
+    fn forget_pid(&mut self, pid: u32) {
+        let Some(entry) = self.procs.remove(&pid) else {
+            return;
+        };
+        for (fd, inode) in entry.sockets {
+            if let Entry::Occupied(mut o) = self.by_inode.entry(inode) {
+                o.get_mut().retain(|&held| held != (pid, fd));
+                if o.get().is_empty() {
+                    o.remove();
+                }
+            }
+        }
+    }
+}
+
+/// Reads one process's socket fds; `name` is its directory under the root.
+fn scan_process(
+    root_fd: RawFd,
+    name: &CStr,
+    stat_buf: &mut Vec<u8>,
+    sockets: &mut Vec<(u32, u64)>,
+) -> Scan {
+    sockets.clear();
+    let Ok(pid_dir) = open_at(root_fd, name, libc::O_PATH | libc::O_DIRECTORY) else {
+        return Scan::Gone;
+    };
+    let pid_fd = pid_dir.as_raw_fd();
+    let mut link = [0u8; LINK_BUF];
+    let (_, via_tid) = visit_fd_table(pid_fd, stat_buf, &mut |dir, entry| {
+        let Some(fd) = parse_u32(entry.to_bytes()) else {
+            return;
+        };
+        if let Some(inode) = readlink_at(dir, entry, &mut link).and_then(parse_socket_link_bytes) {
+            sockets.push((fd, inode));
+        }
+    });
+    // The stat read is the cost saved for processes without sockets; read
+    // after the fds so a process that died meanwhile is dropped, not kept.
+    if sockets.is_empty() {
+        return Scan::NoSockets;
+    }
+    if read_at(pid_fd, c"stat", stat_buf).is_err() {
+        return Scan::Gone;
+    }
+    let Some(stat) = parse_stat(stat_buf) else {
+        return Scan::Gone;
+    };
+    Scan::Found(ProcEntry {
+        comm: String::from_utf8_lossy(stat.comm).into_owned(),
+        start_time: stat.start_time,
+        via_tid,
+        sockets: sockets.as_slice().to_vec(),
+    })
+}
+
+/// Calls `visit(dir_fd, name)` for each entry of the process's fd table;
+/// returns the entry count and the thread whose table was read, if not the
+/// leader's.
+fn visit_fd_table(
+    pid_dir: RawFd,
+    stat_buf: &mut Vec<u8>,
+    visit: &mut dyn FnMut(RawFd, &CStr),
+) -> (usize, Option<u32>) {
+    let n = visit_fd_dir(pid_dir, c"fd", visit);
+    if n > 0 {
+        return (n, None);
+    }
+    // A leader that called pthread_exit() is a zombie whose fd dir lists
+    // nothing while its live threads still share the table (`ss -p` misses
+    // these). Kernel threads also list nothing; the stat read sorts them out.
+    if read_at(pid_dir, c"stat", stat_buf).is_err() {
+        return (0, None);
+    }
+    let zombie_leader = parse_stat(stat_buf).is_some_and(|s| s.state == b'Z' && s.num_threads > 1);
+    if !zombie_leader {
+        return (0, None);
+    }
+    let Ok(mut tasks) = Dir::open_at(pid_dir, c"task") else {
+        return (0, None);
+    };
+    let tasks_fd = tasks.fd();
+    while let Some(Ok(tid)) = tasks.next_name() {
+        let Some(tid_num) = parse_u32(tid.to_bytes()) else {
+            continue;
+        };
+        let Ok(path) = CString::new([tid.to_bytes(), b"/fd"].concat()) else {
+            continue;
+        };
+        let n = visit_fd_dir(tasks_fd, &path, visit);
+        if n > 0 {
+            return (n, Some(tid_num));
+        }
+    }
+    (0, None)
+}
+
+fn visit_fd_dir(base: RawFd, path: &CStr, visit: &mut dyn FnMut(RawFd, &CStr)) -> usize {
+    // ENOENT/ESRCH (gone) and EACCES (not ours to read) all mean "nothing".
+    let Ok(mut dir) = Dir::open_at(base, path) else {
+        return 0;
+    };
+    let dir_fd = dir.fd();
+    let mut n = 0;
+    // An error mid-listing means the process died: what was read is moot.
+    while let Some(Ok(name)) = dir.next_name() {
+        n += 1;
+        visit(dir_fd, name);
+    }
+    n
+}
+
+/// Whether `pid` still holds `inode` at `fd` and is the process scanned.
+fn holder_is_current(
+    root_fd: RawFd,
+    pid: u32,
+    fd: u32,
+    inode: u64,
+    entry: &ProcEntry,
+    stat_buf: &mut Vec<u8>,
+) -> bool {
+    let Ok(name) = CString::new(pid.to_string()) else {
+        return false;
+    };
+    let Ok(pid_dir) = open_at(root_fd, &name, libc::O_PATH | libc::O_DIRECTORY) else {
+        return false;
+    };
+    let pid_fd = pid_dir.as_raw_fd();
+    if read_at(pid_fd, c"stat", stat_buf).is_err()
+        || parse_stat(stat_buf).map(|s| s.start_time) != Some(entry.start_time)
+    {
+        return false;
+    }
+    let link_path = match entry.via_tid {
+        Some(tid) => format!("task/{tid}/fd/{fd}"),
+        None => format!("fd/{fd}"),
+    };
+    let Ok(link_path) = CString::new(link_path) else {
+        return false;
+    };
+    let mut link = [0u8; LINK_BUF];
+    readlink_at(pid_fd, &link_path, &mut link).and_then(parse_socket_link_bytes) == Some(inode)
+}
+
+/// The thread group of `pid`, from the Tgid line of its status.
+fn tgid_of(root_fd: RawFd, pid: u32, buf: &mut Vec<u8>) -> Option<u32> {
+    let path = CString::new(format!("{pid}/status")).ok()?;
+    read_at(root_fd, &path, buf).ok()?;
+    buf.split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"Tgid:"))
+        .and_then(|v| parse_u32(v.trim_ascii()))
+}
+
+/// Read one process's facts; `None` if it is gone.
+pub fn process_info(pid: u32) -> Option<ProcessInfo> {
+    process_info_at(Path::new("/proc"), pid)
+}
+
+/// [`process_info`] under another proc root. comm comes from
+/// /proc/PID/comm, open_fds counts the entries of /proc/PID/fd.
+pub fn process_info_at(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
+    let root = open_dir_path(proc_root).ok()?;
+    let name = CString::new(pid.to_string()).ok()?;
+    let pid_dir = open_at(root.as_raw_fd(), &name, libc::O_PATH | libc::O_DIRECTORY).ok()?;
+    let pid_fd = pid_dir.as_raw_fd();
+    let mut buf = Vec::with_capacity(512);
+
+    read_at(pid_fd, c"stat", &mut buf).ok()?;
+    let start_time = parse_stat(&buf)?.start_time;
+
+    read_at(pid_fd, c"comm", &mut buf).ok()?;
+    // Only the kernel's newline goes: a comm may end in spaces of its own.
+    let comm = buf.strip_suffix(b"\n").unwrap_or(&buf);
+    let comm = String::from_utf8_lossy(comm).into_owned();
+
+    let open_fds = count_fds(pid_fd, &mut buf);
+
+    read_at(pid_fd, c"limits", &mut buf).ok()?;
+    let limits = String::from_utf8_lossy(&buf);
+    let fd_limit = parse_limits_nofile_strict(&limits).unwrap_or_else(|| {
+        log::debug!(
+            "holders: no \"Max open files\" in {}/{pid}/limits",
+            proc_root.display()
+        );
+        None
+    });
+
+    Some(ProcessInfo {
+        pid,
+        comm,
+        start_time,
+        open_fds,
+        fd_limit,
+    })
+}
+
+fn count_fds(pid_dir: RawFd, stat_buf: &mut Vec<u8>) -> u64 {
+    // Since Linux 6.2 the size of /proc/PID/fd is its number of open fds,
+    // which spares listing 10,000 entries; before, it is 0.
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `st` is a live out-pointer.
+    let rc = unsafe { libc::fstatat(pid_dir, c"fd".as_ptr(), &mut st, 0) };
+    if rc == 0 && st.st_size > 0 {
+        return u64::try_from(st.st_size).unwrap_or(0);
+    }
+    let (n, _) = visit_fd_table(pid_dir, stat_buf, &mut |_, _| {});
+    n as u64
+}
+
+/// Parse the `socket:[N]` form of an fd link target.
+pub fn parse_socket_link(target: &OsStr) -> Option<u64> {
+    parse_socket_link_bytes(target.as_bytes())
+}
+
+fn parse_socket_link_bytes(target: &[u8]) -> Option<u64> {
+    parse_u64(target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
+}
+
+/// Field 22 (starttime) of a /proc/PID/stat line. comm (field 2) may contain
+/// spaces and ')', so fields are counted after the last ')'.
+pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
+    parse_stat(stat.as_bytes()).map(|s| s.start_time)
+}
+
+struct StatFields<'a> {
+    comm: &'a [u8],
+    state: u8,
+    num_threads: u64,
+    start_time: u64,
+}
+
+fn parse_stat(stat: &[u8]) -> Option<StatFields<'_>> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let comm = stat.get(open + 1..close)?;
+    let mut fields = stat[close + 1..]
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty());
+    // Field 3 is the state; 4..=19 are skipped to reach 20 (num_threads),
+    // 21 (itrealvalue) and 22 (starttime).
+    let state = *fields.next()?.first()?;
+    let mut fields = fields.skip(16);
+    let num_threads = parse_u64(fields.next()?)?;
+    fields.next()?;
+    let start_time = parse_u64(fields.next()?)?;
+    Some(StatFields {
+        comm,
+        state,
+        num_threads,
+        start_time,
+    })
+}
+
+/// Soft "Max open files" from /proc/PID/limits text: `Some(n)`, or `None`
+/// for "unlimited" (and for text without a readable line).
+pub fn parse_limits_nofile(limits: &str) -> Option<u64> {
+    parse_limits_nofile_strict(limits).flatten()
+}
+
+/// `Some(None)` = unlimited, `None` = no such line or not a number.
+fn parse_limits_nofile_strict(limits: &str) -> Option<Option<u64>> {
+    let rest = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))?;
+    match rest.split_whitespace().next()? {
+        "unlimited" => Some(None),
+        soft => parse_u64(soft.as_bytes()).map(Some),
+    }
+}
+
+/// Plain decimal digits only: no sign, no spaces, no overflow.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn parse_u32(digits: &[u8]) -> Option<u32> {
+    parse_u64(digits).and_then(|n| u32::try_from(n).ok())
+}
+
+/// Socket links are at most `socket:[` + 20 digits + `]`; anything that
+/// fills the buffer is some longer path, not a socket.
+const LINK_BUF: usize = 64;
+
+fn readlink_at<'b>(dir: RawFd, name: &CStr, buf: &'b mut [u8; LINK_BUF]) -> Option<&'b [u8]> {
+    // SAFETY: `name` is NUL-terminated and `buf` is writable for its length.
+    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = usize::try_from(n).ok()?;
+    (n < buf.len()).then(|| &buf[..n])
+}
+
+fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; a returned fd is ours alone.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    open_at(libc::AT_FDCWD, &path, libc::O_PATH | libc::O_DIRECTORY)
+}
+
+/// Reads a whole small file (a /proc one: read until EOF) into `buf`.
+fn read_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::io::Read as _;
+    let fd = open_at(dir, name, libc::O_RDONLY)?;
+    buf.clear();
+    std::fs::File::from(fd).read_to_end(buf)?;
+    Ok(())
+}
+
+/// A directory stream handing out entry names without allocating: std's
+/// `read_dir` copies every name into a fresh `CString`, once per fd.
+struct Dir(NonNull<libc::DIR>);
+
+impl Dir {
+    fn open_at(base: RawFd, path: &CStr) -> io::Result<Self> {
+        let fd = open_at(base, path, libc::O_RDONLY | libc::O_DIRECTORY)?.into_raw_fd();
+        // SAFETY: `fd` is an open directory; on success DIR owns it.
+        match NonNull::new(unsafe { libc::fdopendir(fd) }) {
+            Some(dir) => Ok(Self(dir)),
+            None => {
+                let e = io::Error::last_os_error();
+                // SAFETY: fdopendir failed, so `fd` is still ours to close.
+                unsafe { libc::close(fd) };
+                Err(e)
+            }
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        // SAFETY: the stream is open for as long as `self` lives.
+        unsafe { libc::dirfd(self.0.as_ptr()) }
+    }
+
+    /// The next name other than `.` and `..`; `None` at the end.
+    fn next_name(&mut self) -> Option<io::Result<&CStr>> {
+        loop {
+            // SAFETY: readdir reports errors only through errno, so clear it.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: the stream is open and used by this thread only.
+            let ent = unsafe { libc::readdir(self.0.as_ptr()) };
+            if ent.is_null() {
+                let e = io::Error::last_os_error();
+                return (e.raw_os_error() != Some(0)).then_some(Err(e));
+            }
+            // SAFETY: d_name is NUL-terminated and lives until the next
+            // readdir, which needs `&mut self` and so ends this borrow.
+            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+            if name != c"." && name != c".." {
+                return Some(Ok(name));
+            }
+        }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: opened by fdopendir and closed only here.
+        unsafe { libc::closedir(self.0.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        fs,
+        io::Write as _,
+        net::{TcpListener, TcpStream},
+        os::{
+            fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+            unix::{fs::MetadataExt, net::UnixStream},
+        },
+        path::PathBuf,
+        process::{Child, Command, Stdio},
+        sync::atomic::{AtomicU32, Ordering},
+        thread,
+        time::{Duration, Instant},
+    };
+
+    use anyhow::{Context as _, Result, bail, ensure};
+
+    use super::*;
+
+    // ---- parsers ----
+
+    #[test]
+    fn stat_start_time_counts_fields_after_last_paren() {
+        let real = "6258 (cat) R 6251 6251 4847 0 -1 4194304 102 0 0 0 0 0 0 0 20 0 1 0 \
+                    40990 3133440 355 18446744073709551615";
+        assert_eq!(parse_stat_start_time(real), Some(40990));
+        let spaces = "77 (tmux: server) S 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 \
+                      12345 0 0";
+        assert_eq!(parse_stat_start_time(spaces), Some(12345));
+        // A comm may itself contain ") S 1 2 3": only the last ')' ends it.
+        let paren = "9 (a) S 1 2 3 (b)) R 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 3 0 777 0 0";
+        assert_eq!(parse_stat_start_time(paren), Some(777));
+        let only_paren = "9 ()) R 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 3 0 778 0 0";
+        assert_eq!(parse_stat_start_time(only_paren), Some(778));
+        let s = parse_stat(paren.as_bytes()).unwrap();
+        assert_eq!(
+            (s.comm, s.state, s.num_threads),
+            (&b"a) S 1 2 3 (b)"[..], b'R', 3)
+        );
+        for bad in [
+            "",
+            "123",
+            "1 (x) S 1 2 3",
+            "1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 -5",
+        ] {
+            assert_eq!(parse_stat_start_time(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_nofile_soft_value() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            20000                524288               files     \n\
+                      Max locked memory         8388608              8388608              bytes     \n";
+        assert_eq!(parse_limits_nofile(limits), Some(20000));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_limits_nofile(unlimited), None);
+        assert_eq!(parse_limits_nofile_strict(unlimited), Some(None));
+        assert_eq!(
+            parse_limits_nofile_strict("Max cpu time 1 1 seconds\n"),
+            None
+        );
+        assert_eq!(
+            parse_limits_nofile_strict("Max open files   lots  files\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn socket_link_forms() {
+        let p = |s: &str| parse_socket_link(OsStr::new(s));
+        assert_eq!(p("socket:[123]"), Some(123));
+        assert_eq!(p("socket:[18446744073709551615]"), Some(u64::MAX));
+        for other in [
+            "pipe:[1]",
+            "anon_inode:[eventfd]",
+            "socket:[]",
+            "socket:[12a]",
+            "socket:[+1]",
+            "socket:[18446744073709551616]",
+            "socket:[1",
+            "/tmp/socket:[1]",
+            "",
+        ] {
+            assert_eq!(p(other), None, "{other:?}");
+        }
+    }
+
+    // ---- a fake /proc: deterministic scans ----
+
+    static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+    fn unique_name(tag: &str) -> String {
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        format!("tcptrace-{tag}-{}-{n}", std::process::id())
+    }
+
+    struct FakeProc(PathBuf);
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl FakeProc {
+        fn new() -> Result<Self> {
+            let root = std::env::temp_dir().join(unique_name("proc"));
+            fs::create_dir_all(&root).with_context(|| format!("mkdir {}", root.display()))?;
+            Ok(Self(root))
+        }
+
+        fn stat_line(pid: u32, comm: &str, state: char, threads: u32, start: u64) -> String {
+            format!(
+                "{pid} ({comm}) {state} 1 1 1 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 {threads} 0 {start} 1000 200\n"
+            )
+        }
+
+        /// A process with `links` (fd, target) in its fd dir.
+        fn process(&self, pid: u32, comm: &str, start: u64, links: &[(u32, &str)]) -> Result<()> {
+            let dir = self.0.join(pid.to_string());
+            fs::create_dir_all(dir.join("fd"))?;
+            fs::write(dir.join("stat"), Self::stat_line(pid, comm, 'S', 1, start))?;
+            fs::write(dir.join("status"), format!("Name:\t{comm}\nTgid:\t{pid}\n"))?;
+            for &(fd, target) in links {
+                std::os::unix::fs::symlink(target, dir.join("fd").join(fd.to_string()))?;
+            }
+            Ok(())
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.0.join(rel)
+        }
+    }
+
+    fn pairs(holders: &[Holder]) -> Vec<(u32, u32)> {
+        holders.iter().map(|h| (h.pid, h.fd)).collect()
+    }
+
+    #[test]
+    fn fake_scan_lists_shared_holders_sorted_and_skips_threads() -> Result<()> {
+        let fake = FakeProc::new()?;
+        fake.process(
+            300,
+            "nginx",
+            5000,
+            &[(9, "socket:[77]"), (5, "socket:[77]"), (3, "pipe:[4]")],
+        )?;
+        fake.process(
+            200,
+            "nginx master",
+            4000,
+            &[(4, "socket:[77]"), (6, "socket:[78]")],
+        )?;
+        // Thread dirs share the leader's table: must not add duplicates.
+        fs::create_dir_all(fake.path("300/task/301/fd"))?;
+        std::os::unix::fs::symlink("socket:[77]", fake.path("300/task/301/fd/5"))?;
+        std::os::unix::fs::symlink("300", fake.path("self"))?;
+        fs::create_dir_all(fake.path("sys/fd"))?;
+        std::os::unix::fs::symlink("socket:[79]", fake.path("sys/fd/1"))?;
+
+        let mut index = HolderIndex::with_root(fake.0.clone());
+        assert_eq!(index.full_scan(), 4);
+        let h = index.holders(77, None);
+        assert_eq!(pairs(&h), [(200, 4), (300, 5), (300, 9)]);
+        assert_eq!(
+            (h[0].comm.as_str(), h[0].start_time),
+            ("nginx master", 4000)
+        );
+        assert_eq!(pairs(&index.holders(78, None)), [(200, 6)]);
+        assert!(index.holders(79, None).is_empty());
+        assert!(index.holders(0, None).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn fake_rescan_drops_stale_entries_and_sees_pid_reuse() -> Result<()> {
+        let fake = FakeProc::new()?;
+        fake.process(300, "old", 5000, &[(5, "socket:[77]"), (6, "socket:[78]")])?;
+        let mut index = HolderIndex::with_root(fake.0.clone());
+        index.set_min_full_rescan(Duration::from_secs(3600));
+        index.full_scan();
+        assert_eq!(index.holders(77, None)[0].comm, "old");
+
+        // Pid 300 dies and is reused by a process holding other sockets.
+        fs::remove_dir_all(fake.path("300"))?;
+        fake.process(300, "new", 9000, &[(5, "socket:[80]")])?;
+        assert!(index.rescan_pid(300));
+        assert!(index.holders(77, None).is_empty());
+        assert!(index.holders(78, None).is_empty());
+        let h = index.holders(80, None);
+        assert_eq!(
+            (pairs(&h), h[0].comm.as_str(), h[0].start_time),
+            (vec![(300, 5)], "new", 9000)
+        );
+
+        fs::remove_dir_all(fake.path("300"))?;
+        assert!(!index.rescan_pid(300));
+        assert!(index.holders(80, None).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn fake_hit_is_checked_against_current_fds_and_start_time() -> Result<()> {
+        let fake = FakeProc::new()?;
+        fake.process(300, "old", 5000, &[(5, "socket:[77]")])?;
+        fake.process(400, "peer", 6000, &[(7, "socket:[77]")])?;
+        let mut index = HolderIndex::with_root(fake.0.clone());
+        index.set_min_full_rescan(Duration::from_secs(3600));
+        index.full_scan();
+        assert_eq!(pairs(&index.holders(77, None)), [(300, 5), (400, 7)]);
+        assert_eq!(index.stats(), (1, 0));
+
+        // Same pid and fd, same socket even, but another process: the
+        // start time gives it away and the holder is relabelled.
+        fs::write(
+            fake.path("300/stat"),
+            FakeProc::stat_line(300, "reused", 'S', 1, 8000),
+        )?;
+        // 400 closed its fd.
+        fs::remove_file(fake.path("400/fd/7"))?;
+        let h = index.holders(77, None);
+        assert_eq!(pairs(&h), [(300, 5)]);
+        assert_eq!((h[0].comm.as_str(), h[0].start_time), ("reused", 8000));
+        assert_eq!(index.stats(), (1, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn fake_miss_rescans_hint_then_full_scan_once_per_interval() -> Result<()> {
+        let fake = FakeProc::new()?;
+        fake.process(300, "a", 5000, &[(5, "socket:[77]")])?;
+        let mut index = HolderIndex::with_root(fake.0.clone());
+        index.set_min_full_rescan(Duration::from_secs(3600));
+        // First miss: nothing scanned yet, so a full scan.
+        assert_eq!(pairs(&index.holders(77, None)), [(300, 5)]);
+        assert_eq!(index.stats(), (1, 0));
+
+        fake.process(500, "b", 7000, &[(3, "socket:[90]")])?;
+        fake.process(600, "c", 7100, &[(4, "socket:[91]")])?;
+        // Within the interval: no full scan, so not found...
+        assert!(index.holders(90, None).is_empty());
+        assert_eq!(index.stats(), (1, 0));
+        // ...unless the hint is the holder.
+        assert_eq!(pairs(&index.holders(90, Some(500))), [(500, 3)]);
+        assert!(index.holders(91, Some(500)).is_empty());
+        assert_eq!(index.stats(), (1, 2));
+
+        index.set_min_full_rescan(Duration::ZERO);
+        assert_eq!(pairs(&index.holders(91, None)), [(600, 4)]);
+        assert_eq!(index.stats(), (2, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn fake_hit_rescans_a_hint_that_may_have_inherited_the_fd() -> Result<()> {
+        let fake = FakeProc::new()?;
+        fake.process(300, "parent", 5000, &[(5, "socket:[77]")])?;
+        let mut index = HolderIndex::with_root(fake.0.clone());
+        index.set_min_full_rescan(Duration::from_secs(3600));
+        index.full_scan();
+        fake.process(301, "child", 5001, &[(5, "socket:[77]")])?;
+        assert_eq!(pairs(&index.holders(77, Some(301))), [(300, 5), (301, 5)]);
+        // Known now: no more rescans for it.
+        index.holders(77, Some(301));
+        assert_eq!(index.stats(), (1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn fake_zombie_leader_falls_back_to_a_live_thread() -> Result<()> {
+        let fake = FakeProc::new()?;
+        fake.process(400, "daemon", 3000, &[])?;
+        fs::write(
+            fake.path("400/stat"),
+            FakeProc::stat_line(400, "daemon", 'Z', 2, 3000),
+        )?;
+        fs::create_dir_all(fake.path("400/task/400/fd"))?;
+        fs::create_dir_all(fake.path("400/task/401/fd"))?;
+        std::os::unix::fs::symlink("socket:[88]", fake.path("400/task/401/fd/3"))?;
+        let mut index = HolderIndex::with_root(fake.0.clone());
+        assert_eq!(pairs(&index.holders(88, None)), [(400, 3)]);
+        // The hit is validated where it was found, so no rescan.
+        assert_eq!(pairs(&index.holders(88, None)), [(400, 3)]);
+        assert_eq!(index.stats(), (1, 0));
+        Ok(())
+    }
+
+    // ---- the real /proc ----
+
+    fn our_pid() -> u32 {
+        std::process::id()
+    }
+
+    fn our_comm() -> Result<String> {
+        let comm = fs::read_to_string("/proc/self/comm").context("read /proc/self/comm")?;
+        Ok(comm.trim_end_matches('\n').to_owned())
+    }
+
+    /// Both ways of naming a socket's inode, cross-checked.
+    fn socket_inode(fd: RawFd) -> Result<u64> {
+        let path = format!("/proc/self/fd/{fd}");
+        let by_stat = fs::metadata(&path)
+            .with_context(|| format!("stat {path}"))?
+            .ino();
+        let link = fs::read_link(&path).with_context(|| format!("readlink {path}"))?;
+        let by_link = parse_socket_link(link.as_os_str())
+            .with_context(|| format!("{path} -> {} is not a socket", link.display()))?;
+        ensure!(
+            by_stat == by_link,
+            "stat says {by_stat}, link says {by_link}"
+        );
+        Ok(by_link)
+    }
+
+    /// Only these pids: a concurrently spawned child of another test holds a
+    /// copy of all our fds between its fork and its exec.
+    fn holders_among(
+        index: &mut HolderIndex,
+        inode: u64,
+        hint: Option<u32>,
+        pids: &[u32],
+    ) -> Vec<(u32, u32)> {
+        let h = index.holders(inode, hint);
+        assert!(
+            h.windows(2)
+                .all(|w| (w[0].pid, w[0].fd) < (w[1].pid, w[1].fd)),
+            "unsorted {h:?}"
+        );
+        pairs(&h)
+            .into_iter()
+            .filter(|(p, _)| pids.contains(p))
+            .collect()
+    }
+
+    struct ChildGuard(Child);
+
+    impl Drop for ChildGuard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl ChildGuard {
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+
+        /// Waits until the child runs `comm`: before its exec it is a copy
+        /// of us, holding copies of our fds under our name.
+        fn wait_for_comm(&self, comm: &str) -> Result<ProcessInfo> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let info = process_info(self.pid()).context("child vanished")?;
+                if info.comm == comm {
+                    return Ok(info);
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "child {} is still {:?}, not {comm:?}",
+                        self.pid(),
+                        info.comm
+                    );
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn spawn_sleep(stdin: Stdio) -> Result<ChildGuard> {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30")
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // `cmd` keeps our copy of a passed fd open until it is dropped here.
+        let child = ChildGuard(cmd.spawn().context("spawn sleep")?);
+        drop(cmd);
+        Ok(child)
+    }
+
+    #[test]
+    fn real_sockets_are_found_with_our_pid_fd_and_comm() -> Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let client = TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        let comm = our_comm()?;
+        let mut index = HolderIndex::new();
+        let seen = index.full_scan();
+        assert!(seen >= 3, "only {seen} socket fds on the host");
+        for sock in [listener.as_raw_fd(), client.as_raw_fd(), server.as_raw_fd()] {
+            let inode = socket_inode(sock)?;
+            let h = index.holders(inode, None);
+            let ours: Vec<_> = h.iter().filter(|h| h.pid == our_pid()).collect();
+            assert_eq!(ours.len(), 1, "{h:?}");
+            assert_eq!(
+                (ours[0].fd, ours[0].comm.as_str()),
+                (sock as u32, comm.as_str())
+            );
+            let info = process_info(our_pid()).context("ourselves")?;
+            assert_eq!(ours[0].start_time, info.start_time);
+        }
+        Ok(())
+    }
+
+    /// fork()+exec() inheritance: the child gets the listener as its stdin
+    /// (dup2'ed after fork, in the child only) rather than by clearing
+    /// FD_CLOEXEC, which would leak the fd into children that other tests
+    /// spawn meanwhile.
+    #[test]
+    fn fork_child_that_inherited_the_fd_is_a_holder() -> Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let inode = socket_inode(listener.as_raw_fd())?;
+        let ours = listener.try_clone()?;
+        let child = spawn_sleep(Stdio::from(OwnedFd::from(listener)))?;
+        let info = child.wait_for_comm("sleep")?;
+        let pids = [our_pid(), child.pid()];
+
+        let mut index = HolderIndex::new();
+        let both = holders_among(&mut index, inode, None, &pids);
+        let mut expected = vec![(our_pid(), ours.as_raw_fd() as u32), (child.pid(), 0)];
+        expected.sort_unstable();
+        assert_eq!(both, expected);
+
+        drop(ours);
+        assert!(index.rescan_pid(our_pid()));
+        let h = index.holders(inode, None);
+        let h: Vec<_> = h.iter().filter(|h| pids.contains(&h.pid)).collect();
+        let want = Holder {
+            pid: child.pid(),
+            fd: 0,
+            comm: "sleep".into(),
+            start_time: info.start_time,
+        };
+        assert_eq!(h, [&want]);
+
+        // A fresh index finds it from the hint alone, without a full scan.
+        let mut fresh = HolderIndex::new();
+        assert_eq!(
+            holders_among(&mut fresh, inode, Some(child.pid()), &pids),
+            [(child.pid(), 0)]
+        );
+        assert_eq!(fresh.stats(), (0, 1));
+        Ok(())
+    }
+
+    fn send_fd(sock: &UnixStream, fd: RawFd) -> Result<()> {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // u64 storage: the control buffer must be aligned for cmsghdr.
+        let mut control = [0u64; 8];
+        // SAFETY: plain arithmetic on a constant.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        assert!(space <= size_of_val(&control));
+        // SAFETY: all-zero is a valid msghdr; the pointers set below outlive
+        // the sendmsg call.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+            if libc::sendmsg(sock.as_raw_fd(), &msg, 0) != 1 {
+                return Err(io::Error::last_os_error()).context("sendmsg SCM_RIGHTS");
+            }
+        }
+        Ok(())
+    }
+
+    fn recv_fd(sock: &UnixStream) -> Result<OwnedFd> {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 8];
+        // SAFETY: as in send_fd; the kernel writes at most msg_controllen.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&control) as _;
+            if libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) != 1 {
+                return Err(io::Error::last_os_error()).context("recvmsg SCM_RIGHTS");
+            }
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            ensure!(
+                !cmsg.is_null()
+                    && (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_RIGHTS,
+                "no SCM_RIGHTS in the message"
+            );
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+            Ok(OwnedFd::from_raw_fd(fd))
+        }
+    }
+
+    /// SCM_RIGHTS passes the socket itself, not a copy: the received fd has
+    /// the same inode and the index finds the receiver under its new fd
+    /// number. While in flight (sent, not yet received) the socket sits in
+    /// the unix socket's queue, in no fd table: nobody holds it.
+    #[test]
+    fn scm_rights_receiver_is_a_holder_and_in_flight_has_none() -> Result<()> {
+        let stream = {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            TcpStream::connect(listener.local_addr()?)?
+        };
+        let inode = socket_inode(stream.as_raw_fd())?;
+        let original = stream.as_raw_fd() as u32;
+        let (tx, rx) = UnixStream::pair()?;
+        let me = [our_pid()];
+        let mut index = HolderIndex::new();
+        index.set_min_full_rescan(Duration::ZERO);
+
+        send_fd(&tx, stream.as_raw_fd())?;
+        assert_eq!(
+            holders_among(&mut index, inode, Some(our_pid()), &me),
+            [(our_pid(), original)]
+        );
+        let received = recv_fd(&rx)?;
+        let new = received.as_raw_fd() as u32;
+        assert_ne!(new, original);
+        assert_eq!(socket_inode(received.as_raw_fd())?, inode);
+        assert!(index.rescan_pid(our_pid()));
+        assert_eq!(
+            holders_among(&mut index, inode, None, &me),
+            [(our_pid(), original), (our_pid(), new)]
+        );
+
+        drop(stream);
+        assert_eq!(
+            holders_among(&mut index, inode, None, &me),
+            [(our_pid(), new)]
+        );
+
+        send_fd(&tx, received.as_raw_fd())?;
+        drop(received);
+        assert!(
+            index.holders(inode, Some(our_pid())).is_empty(),
+            "in flight"
+        );
+        let again = recv_fd(&rx)?;
+        assert_eq!(
+            holders_among(&mut index, inode, Some(our_pid()), &me),
+            [(our_pid(), again.as_raw_fd() as u32)]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn process_info_of_ourselves_matches_getrlimit() -> Result<()> {
+        let info = process_info(our_pid()).context("ourselves")?;
+        assert_eq!(
+            (info.pid, info.comm.as_str()),
+            (our_pid(), our_comm()?.as_str())
+        );
+        assert!(info.open_fds > 0);
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `rl` is a valid out-pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        let expected = (rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur);
+        assert_eq!(info.fd_limit, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn process_info_of_a_child_with_a_lowered_fd_limit() -> Result<()> {
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", "ulimit -Sn 64 && exec sleep 30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = ChildGuard(cmd.spawn().context("spawn bash")?);
+        let info = child.wait_for_comm("sleep")?;
+        assert_eq!(info.fd_limit, Some(64));
+        let listed = fs::read_dir(format!("/proc/{}/fd", child.pid()))?.count() as u64;
+        assert_eq!(info.open_fds, listed);
+        assert!(process_info(u32::MAX).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn start_time_is_stable_and_tells_processes_apart() -> Result<()> {
+        let a = process_info(our_pid()).context("ourselves")?;
+        let b = process_info(our_pid()).context("ourselves")?;
+        assert_eq!(a.start_time, b.start_time);
+        let stat = fs::read_to_string("/proc/self/stat")?;
+        assert_eq!(parse_stat_start_time(&stat), Some(a.start_time));
+
+        let child = spawn_sleep(Stdio::null())?;
+        let c = child.wait_for_comm("sleep")?;
+        assert_ne!((c.pid, c.start_time), (a.pid, a.start_time));
+        assert!(c.start_time >= a.start_time, "child started before us");
+        Ok(())
+    }
+
+    /// The zombie-leader case on the real kernel: a thread-group leader that
+    /// called pthread_exit() lists no fds of its own.
+    #[test]
+    fn real_zombie_leader_sockets_are_found_via_a_thread() -> Result<()> {
+        let dir = std::env::temp_dir().join(unique_name("zombie"));
+        fs::create_dir_all(&dir)?;
+        let _cleanup = FakeProc(dir.clone());
+        let src = dir.join("z.c");
+        fs::File::create(&src)?.write_all(
+            b"#include <pthread.h>\n#include <unistd.h>\n#include <sys/socket.h>\n\
+              static void *t(void *a) { (void)a; sleep(30); return 0; }\n\
+              int main(void) { socket(AF_INET, SOCK_STREAM, 0); pthread_t th;\n\
+              pthread_create(&th, 0, t, 0); pthread_exit(0); }\n",
+        )?;
+        let bin = dir.join("z");
+        let cc = Command::new("cc")
+            .arg("-pthread")
+            .arg(&src)
+            .arg("-o")
+            .arg(&bin)
+            .status();
+        let Ok(status) = cc else {
+            eprintln!("no C compiler: skipping");
+            return Ok(());
+        };
+        ensure!(status.success(), "cc failed: {status}");
+        let child = ChildGuard(
+            Command::new(&bin)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let pid = child.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let inode = loop {
+            let task_fds = fs::read_dir(format!("/proc/{pid}/task"))?
+                .filter_map(|t| fs::read_dir(t.ok()?.path().join("fd")).ok())
+                .flatten()
+                .filter_map(|e| parse_socket_link(fs::read_link(e.ok()?.path()).ok()?.as_os_str()))
+                .next();
+            let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| parse_stat(s.as_bytes()).is_some_and(|s| s.state == b'Z'));
+            if let (Some(inode), true) = (task_fds, zombie) {
+                break inode;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "child never became a zombie leader"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(fs::read_dir(format!("/proc/{pid}/fd"))?.count(), 0);
+        let mut index = HolderIndex::new();
+        let h = index.holders(inode, Some(pid));
+        assert_eq!(pairs(&h), [(pid, 3)]);
+        assert!(process_info(pid).context("zombie leader")?.open_fds >= 4);
+        Ok(())
+    }
+}

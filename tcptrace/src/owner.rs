@@ -1,0 +1,140 @@
+//! Who owns a socket. The task on the CPU is right only in process context
+//! (connect, listen, close, shutdown); receive-path transitions run in softirq,
+//! where it is `swapper`, `ksoftirqd` or, on loopback, the peer. So:
+//! 1. in process context, the current task, remembered per socket;
+//! 2. a socket whose file we can see (inode): every process holding it in
+//!    `/proc/*/fd` — right after fork() or SCM_RIGHTS too;
+//! 3. a remembered owner from 1;
+//! 4. a server socket not accepted yet: its listener's owner;
+//! 5. otherwise the task on the CPU, marked as a guess.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{
+    decode::Event,
+    holders::{Holder, HolderIndex},
+    socket_table::Socket,
+    state::TcpState,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerSource {
+    /// The task that made the transition in process context.
+    Task,
+    /// A holder of the socket's file descriptor, from /proc/*/fd.
+    Fd,
+    /// The owner of the listening socket this one was created from.
+    Listener,
+    /// Whoever was on the CPU in softirq: possibly not the owner.
+    OnCpu,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    pub source: OwnerSource,
+}
+
+impl Owner {
+    pub fn task(pid: u32, comm: &str) -> Self {
+        Self {
+            pid,
+            comm: comm.to_owned(),
+            source: OwnerSource::Task,
+        }
+    }
+
+    fn from_holder(h: &Holder) -> Self {
+        Self {
+            pid: h.pid,
+            comm: h.comm.clone(),
+            source: OwnerSource::Fd,
+        }
+    }
+}
+
+/// Transitions that only a system call on the socket makes, so the current
+/// task is the socket's user.
+pub fn in_process_context(ev: &Event) -> bool {
+    ev.tgid != 0
+        && matches!(
+            ev.newstate,
+            TcpState::SynSent | TcpState::Listen | TcpState::FinWait1 | TcpState::LastAck
+        )
+}
+
+pub struct Attributor {
+    listeners: HashMap<u16, Owner>,
+    holders: Option<HolderIndex>,
+}
+
+impl Attributor {
+    /// `holders`: the /proc index, or `None` to never read /proc (cheapest).
+    pub fn new(holders: Option<HolderIndex>) -> Self {
+        Self {
+            listeners: HashMap::new(),
+            holders,
+        }
+    }
+
+    pub fn holders_mut(&mut self) -> Option<&mut HolderIndex> {
+        self.holders.as_mut()
+    }
+
+    /// The owner(s) of the socket at this transition, first one primary.
+    pub fn attribute(&mut self, ev: &Event, sock: &Socket) -> Vec<Owner> {
+        let owners = self.resolve(ev, sock);
+        if let Some(first) = owners.first() {
+            match (ev.oldstate, ev.newstate) {
+                (_, TcpState::Listen) => {
+                    self.listeners.insert(sock.tuple.lport, first.clone());
+                }
+                (TcpState::Listen, TcpState::Close) => {
+                    self.listeners.remove(&sock.tuple.lport);
+                }
+                _ => {}
+            }
+        }
+        owners
+    }
+
+    fn resolve(&mut self, ev: &Event, sock: &Socket) -> Vec<Owner> {
+        if in_process_context(ev) {
+            return vec![Owner::task(ev.tgid, &ev.comm)];
+        }
+        // The fd table is the truth once the socket has a file, but reading it
+        // costs: do it where the answer matters (a socket entering CLOSE_WAIT,
+        // the state leaks are made of) or when nothing else is known.
+        let worth_a_lookup = ev.newstate == TcpState::CloseWait || sock.owner.is_none();
+        if sock.inode != 0
+            && worth_a_lookup
+            && let Some(index) = self.holders.as_mut()
+        {
+            let hint = sock.owner.as_ref().map(|o| o.pid);
+            let found = index.holders(sock.inode, hint);
+            if !found.is_empty() {
+                return found.iter().map(Owner::from_holder).collect();
+            }
+        }
+        if let Some(o) = &sock.owner {
+            return vec![o.clone()];
+        }
+        if matches!(ev.oldstate, TcpState::Listen | TcpState::SynRecv)
+            && let Some(l) = self.listeners.get(&sock.tuple.lport)
+        {
+            return vec![Owner {
+                source: OwnerSource::Listener,
+                ..l.clone()
+            }];
+        }
+        vec![Owner {
+            pid: ev.tgid,
+            comm: ev.comm.clone(),
+            source: OwnerSource::OnCpu,
+        }]
+    }
+}

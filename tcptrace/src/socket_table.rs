@@ -1,0 +1,331 @@
+//! The live sockets: which state each is in and since when, keyed by the
+//! kernel's socket address. Bounded: when full, the sockets that changed state
+//! longest ago are evicted and counted.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use crate::{
+    decode::{Event, Family},
+    owner::Owner,
+    state::TcpState,
+};
+
+/// The 4-tuple that identifies a connected socket across tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Socket {
+    pub state: TcpState,
+    /// CLOCK_MONOTONIC ns when it entered `state`.
+    pub since_ns: u64,
+    /// True when `since_ns` is an estimate (socket found at start, not seen entering its state).
+    pub since_estimated: bool,
+    pub family: Family,
+    pub tuple: Tuple,
+    pub inode: u64,
+    pub owner: Option<Owner>,
+}
+
+/// What one event did to the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    /// Time spent in the old state; `None` when the socket's earlier transition was not seen.
+    pub dwell_ns: Option<u64>,
+    /// The socket after the event (before removal, for CLOSE).
+    pub socket: Socket,
+}
+
+pub struct SocketTable {
+    sockets: HashMap<u64, Socket>,
+    /// Sockets seeded from a sock_diag snapshot have no kernel address yet:
+    /// they are keyed by cookie and found by 4-tuple when their first event comes.
+    seeded: HashMap<Tuple, u64>,
+    cap: usize,
+    evicted: u64,
+}
+
+pub const DEFAULT_MAX_SOCKETS: usize = 262_144;
+
+impl SocketTable {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            seeded: HashMap::new(),
+            cap: cap.max(1),
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Socket)> {
+        self.sockets.iter()
+    }
+
+    pub fn get(&self, key: u64) -> Option<&Socket> {
+        self.sockets.get(&key)
+    }
+
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut Socket> {
+        self.sockets.get_mut(&key)
+    }
+
+    /// Adds a socket found at start. `cookie` must not look like a kernel
+    /// address (kernel addresses have the top bit set; cookies are counters).
+    pub fn seed(&mut self, cookie: u64, socket: Socket) {
+        let key = cookie & !(1 << 63);
+        self.make_room();
+        self.seeded.insert(socket.tuple, key);
+        self.sockets.insert(key, socket);
+    }
+
+    /// Applies one transition and returns the time spent in the old state.
+    pub fn apply(&mut self, ev: &Event) -> Applied {
+        let tuple = Tuple {
+            laddr: ev.laddr,
+            lport: ev.lport,
+            raddr: ev.raddr,
+            rport: ev.rport,
+        };
+        // A socket known only from the start-up snapshot takes its kernel address now.
+        if !self.sockets.contains_key(&ev.skaddr)
+            && let Some(key) = self.seeded.remove(&tuple)
+            && let Some(sock) = self.sockets.remove(&key)
+        {
+            self.sockets.insert(ev.skaddr, sock);
+        }
+        // CLOSE -> X and a listener's child are new lifecycles, even if the
+        // address was used by a socket whose CLOSE we missed.
+        let fresh = ev.oldstate == TcpState::Close
+            || (ev.oldstate == TcpState::Listen && ev.newstate == TcpState::SynRecv);
+        let prev = if fresh {
+            self.sockets.remove(&ev.skaddr)
+        } else {
+            self.sockets.get(&ev.skaddr).cloned()
+        };
+        let dwell_ns = prev
+            .as_ref()
+            .filter(|p| !fresh && p.state == ev.oldstate && !p.since_estimated)
+            .and_then(|p| ev.ts_ns.checked_sub(p.since_ns));
+        let socket = Socket {
+            state: ev.newstate,
+            since_ns: ev.ts_ns,
+            since_estimated: false,
+            family: ev.family,
+            // Ports can be 0 early in a lifecycle (connect() sets SYN_SENT before
+            // picking the local port): keep what we knew.
+            tuple: merge_tuple(prev.as_ref().map(|p| p.tuple), tuple),
+            inode: if ev.inode != 0 {
+                ev.inode
+            } else {
+                prev.as_ref().map_or(0, |p| p.inode)
+            },
+            owner: prev.and_then(|p| p.owner),
+        };
+        if ev.newstate == TcpState::Close {
+            self.sockets.remove(&ev.skaddr);
+        } else {
+            if !self.sockets.contains_key(&ev.skaddr) {
+                self.make_room();
+            }
+            self.sockets.insert(ev.skaddr, socket.clone());
+        }
+        Applied { dwell_ns, socket }
+    }
+
+    fn make_room(&mut self) {
+        if self.sockets.len() < self.cap {
+            return;
+        }
+        // Evict in batches (1/16 of the table) so the scan is amortised.
+        let batch = (self.cap / 16).max(1);
+        let mut ages: Vec<(u64, u64)> =
+            self.sockets.iter().map(|(k, s)| (s.since_ns, *k)).collect();
+        let n = batch.min(ages.len());
+        if n < ages.len() {
+            ages.select_nth_unstable(n);
+        }
+        for (_, key) in ages.into_iter().take(n) {
+            if let Some(s) = self.sockets.remove(&key) {
+                self.seeded.remove(&s.tuple);
+                self.evicted += 1;
+            }
+        }
+    }
+}
+
+fn merge_tuple(prev: Option<Tuple>, now: Tuple) -> Tuple {
+    let Some(prev) = prev else { return now };
+    Tuple {
+        laddr: if now.laddr.is_unspecified() {
+            prev.laddr
+        } else {
+            now.laddr
+        },
+        lport: if now.lport == 0 {
+            prev.lport
+        } else {
+            now.lport
+        },
+        raddr: if now.raddr.is_unspecified() {
+            prev.raddr
+        } else {
+            now.raddr
+        },
+        rport: if now.rport == 0 {
+            prev.rport
+        } else {
+            now.rport
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn ev(skaddr: u64, ts_ms: u64, old: TcpState, new: TcpState) -> Event {
+        Event {
+            ts_ns: ts_ms * 1_000_000,
+            skaddr,
+            cgroup_id: 0,
+            inode: 0,
+            family: Family::V4,
+            laddr: Ipv4Addr::LOCALHOST.into(),
+            lport: 5000,
+            raddr: Ipv4Addr::LOCALHOST.into(),
+            rport: 61616,
+            tgid: 1,
+            tid: 1,
+            comm: "t".into(),
+            oldstate: old,
+            newstate: new,
+        }
+    }
+
+    use TcpState::*;
+
+    #[test]
+    fn dwell_times_follow_a_lifecycle_and_close_removes() {
+        let mut t = SocketTable::new(16);
+        let k = 0xffff_0000_0000_0001;
+        assert_eq!(t.apply(&ev(k, 10, Close, SynSent)).dwell_ns, None);
+        assert_eq!(
+            t.apply(&ev(k, 11, SynSent, Established)).dwell_ns,
+            Some(1_000_000)
+        );
+        assert_eq!(
+            t.apply(&ev(k, 311, Established, CloseWait)).dwell_ns,
+            Some(300_000_000)
+        );
+        assert_eq!(t.get(k).unwrap().state, CloseWait);
+        assert_eq!(
+            t.apply(&ev(k, 312, CloseWait, LastAck)).dwell_ns,
+            Some(1_000_000)
+        );
+        assert_eq!(
+            t.apply(&ev(k, 313, LastAck, Close)).dwell_ns,
+            Some(1_000_000)
+        );
+        assert!(t.get(k).is_none());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn unseen_or_mismatched_history_gives_none() {
+        let mut t = SocketTable::new(16);
+        let k = 0xffff_0000_0000_0002;
+        assert_eq!(t.apply(&ev(k, 5, Established, FinWait1)).dwell_ns, None);
+        // A lost FIN_WAIT2 event: the old state does not match what we hold.
+        assert_eq!(t.apply(&ev(k, 6, FinWait2, Close)).dwell_ns, None);
+    }
+
+    #[test]
+    fn address_reuse_starts_a_fresh_lifecycle() {
+        let mut t = SocketTable::new(16);
+        let k = 0xffff_0000_0000_0003;
+        t.apply(&ev(k, 1, Close, SynSent));
+        t.get_mut(k).unwrap().owner = Some(Owner::task(7, "old"));
+        // The CLOSE was lost; the same address comes back as a new socket.
+        let a = t.apply(&ev(k, 1000, Close, Listen));
+        assert_eq!(a.dwell_ns, None);
+        assert_eq!(a.socket.owner, None, "no stale owner across lifecycles");
+        // Never a negative dwell time: a timestamp going backwards gives None.
+        let b = t.apply(&ev(k, 999, Listen, Close));
+        assert_eq!(b.dwell_ns, None);
+    }
+
+    #[test]
+    fn ports_learnt_later_are_kept() {
+        let mut t = SocketTable::new(16);
+        let k = 0xffff_0000_0000_0004;
+        let mut first = ev(k, 1, Close, SynSent);
+        first.lport = 0;
+        t.apply(&first);
+        let a = t.apply(&ev(k, 2, SynSent, Established));
+        assert_eq!(a.socket.tuple.lport, 5000);
+        let mut late = ev(k, 3, Established, FinWait1);
+        late.lport = 0;
+        assert_eq!(t.apply(&late).socket.tuple.lport, 5000);
+    }
+
+    #[test]
+    fn bounded_with_evictions_counted_oldest_first() {
+        let mut t = SocketTable::new(32);
+        for i in 0..100u64 {
+            t.apply(&ev(0xffff_0000_0001_0000 + i, i, Close, SynSent));
+        }
+        assert!(t.len() <= 32, "{}", t.len());
+        assert_eq!(t.evicted() as usize + t.len(), 100);
+        // The newest socket survived, the oldest did not.
+        assert!(t.get(0xffff_0000_0001_0000 + 99).is_some());
+        assert!(t.get(0xffff_0000_0001_0000).is_none());
+    }
+
+    #[test]
+    fn seeded_sockets_take_their_kernel_address_on_first_event() {
+        let mut t = SocketTable::new(16);
+        let e = ev(0xffff_0000_0000_0009, 500, CloseWait, LastAck);
+        t.seed(
+            77,
+            Socket {
+                state: CloseWait,
+                since_ns: 100_000_000,
+                since_estimated: true,
+                family: Family::V4,
+                tuple: Tuple {
+                    laddr: e.laddr,
+                    lport: e.lport,
+                    raddr: e.raddr,
+                    rport: e.rport,
+                },
+                inode: 1234,
+                owner: None,
+            },
+        );
+        let a = t.apply(&e);
+        // An estimated age is not a measured dwell time.
+        assert_eq!(a.dwell_ns, None);
+        assert_eq!(a.socket.inode, 1234);
+        assert!(t.get(77).is_none());
+        assert_eq!(t.get(e.skaddr).unwrap().state, LastAck);
+    }
+}

@@ -1,0 +1,290 @@
+//! The pipeline every subcommand shares: kernel probe -> ring buffer ->
+//! decode -> socket table -> owner attribution -> a [`Sink`]. Runs until a
+//! signal, the duration, or the sink says stop; then detaches and reports.
+
+use std::{io, ops::ControlFlow, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    clock::Clock,
+    decode::{self, Event},
+    loader::{Probe, ProbeConfig},
+    owner::{Attributor, Owner, OwnerSource},
+    socket_table::{Socket, SocketTable},
+    state::TcpState,
+};
+
+/// One transition as consumers see it.
+pub struct Transition<'a> {
+    pub ev: &'a Event,
+    /// Time in the old state; `None` when its start was not seen.
+    pub dwell_ns: Option<u64>,
+    pub socket: &'a Socket,
+    /// First is the primary owner; several when a socket is shared.
+    pub owners: &'a [Owner],
+}
+
+/// Userspace filters: exact where the kernel's are a superset.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    pub comm: Option<String>,
+    pub states: Vec<TcpState>,
+}
+
+impl Filters {
+    pub fn owner_passes(&self, owners: &[Owner]) -> bool {
+        (self.pids.is_empty() || owners.iter().any(|o| self.pids.contains(&o.pid)))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|c| owners.iter().any(|o| &o.comm == c))
+    }
+
+    pub fn transition_passes(&self, ev: &Event) -> bool {
+        self.states.is_empty()
+            || self.states.contains(&ev.oldstate)
+            || self.states.contains(&ev.newstate)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub lost: u64,
+    pub evicted: u64,
+    pub undecodable: u64,
+}
+
+impl Stats {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "tcptrace: {} events, {} lost, {} evicted",
+            self.events, self.lost, self.evicted
+        );
+        if self.undecodable > 0 {
+            s.push_str(&format!(", {} undecodable", self.undecodable));
+        }
+        s
+    }
+}
+
+/// What a subcommand does with the stream.
+pub trait Sink {
+    fn transition(&mut self, t: &Transition<'_>, clock: &Clock) -> io::Result<()>;
+    /// Called after each drained batch and on every tick.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Called every `tick` of [`Options`]; `Break` stops the trace.
+    fn tick(&mut self, _ctx: &mut Context<'_>) -> io::Result<ControlFlow<()>> {
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// What a sink may look at on a tick.
+pub struct Context<'a> {
+    pub table: &'a SocketTable,
+    pub attributor: &'a mut Attributor,
+    pub stats: Stats,
+    pub clock: &'a Clock,
+}
+
+/// The poll period bounds how late a line can appear when the kernel does
+/// not wake us (it wakes us only once a batch is pending).
+pub const DEFAULT_TICK: Duration = Duration::from_millis(50);
+
+pub struct Tracer {
+    probe: Probe,
+    table: SocketTable,
+    attributor: Attributor,
+    filters: Filters,
+    clock: Clock,
+    stats: Stats,
+    warned_lost: u64,
+}
+
+impl Tracer {
+    pub fn attach(
+        opts_probe: &ProbeConfig,
+        filters: Filters,
+        max_sockets: usize,
+        attributor: Attributor,
+    ) -> anyhow::Result<Self> {
+        let probe = Probe::load(opts_probe)?;
+        Ok(Self {
+            probe,
+            table: SocketTable::new(max_sockets),
+            attributor,
+            filters,
+            clock: Clock::new(),
+            stats: Stats::default(),
+            warned_lost: 0,
+        })
+    }
+
+    pub fn table_mut(&mut self) -> &mut SocketTable {
+        &mut self.table
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            lost: self.probe.lost(),
+            evicted: self.table.evicted(),
+            ..self.stats
+        }
+    }
+
+    /// Reads until stopped; returns the final counts.
+    pub async fn run(
+        mut self,
+        sink: &mut dyn Sink,
+        duration: Option<Duration>,
+        tick: Duration,
+    ) -> anyhow::Result<Stats> {
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Take the ring out so draining it can borrow the rest of `self`.
+        let ring = self
+            .probe
+            .events
+            .take()
+            .context("ring buffer already taken")?;
+        // SAFETY: the ring owns its map fd, which stays open until the AsyncFd drops it.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("polling the ring buffer")?;
+        eprintln!("tcptrace: attached to sock:inet_sock_set_state");
+        loop {
+            enum Wake {
+                Ring,
+                Tick,
+                Stop,
+            }
+            let wake = tokio::select! {
+                r = ring.readable_mut() => {
+                    r.context("waiting on the ring buffer")?.clear_ready();
+                    Wake::Ring
+                }
+                _ = ticker.tick() => Wake::Tick,
+                _ = sigint.recv() => Wake::Stop,
+                _ = sigterm.recv() => Wake::Stop,
+                _ = sighup.recv() => Wake::Stop,
+                () = &mut deadline => Wake::Stop,
+            };
+            let drained = self.drain(ring.get_mut(), sink);
+            let mut stop = matches!(wake, Wake::Stop) || is_closed_pipe(&drained);
+            drained.or_else(quiet_pipe)?;
+            sink.flush().or_else(quiet_pipe)?;
+            if matches!(wake, Wake::Tick) && !stop {
+                self.warn_lost();
+                let mut ctx = Context {
+                    table: &self.table,
+                    attributor: &mut self.attributor,
+                    stats: Stats {
+                        lost: self.probe.lost(),
+                        evicted: self.table.evicted(),
+                        ..self.stats
+                    },
+                    clock: &self.clock,
+                };
+                match sink.tick(&mut ctx) {
+                    Ok(ControlFlow::Break(())) => stop = true,
+                    Ok(ControlFlow::Continue(())) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => stop = true,
+                    Err(e) => return Err(e).context("writing output"),
+                }
+            }
+            if stop {
+                break;
+            }
+        }
+        let stats = self.stats();
+        // Detach before saying we are done.
+        drop(ring);
+        drop(self);
+        Ok(stats)
+    }
+
+    fn warn_lost(&mut self) {
+        let lost = self.probe.lost();
+        if lost > self.warned_lost {
+            eprintln!(
+                "tcptrace: warning: {} events lost (ring buffer full; try a larger --ring-size)",
+                lost - self.warned_lost
+            );
+            self.warned_lost = lost;
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut dyn Sink) -> io::Result<()> {
+        while let Some(item) = ring.next() {
+            let ev = match decode::decode(&item) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    self.stats.undecodable += 1;
+                    log::warn!("undecodable ring buffer record: {e}");
+                    continue;
+                }
+            };
+            drop(item);
+            self.stats.events += 1;
+            self.handle(&ev, sink)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: &Event, sink: &mut dyn Sink) -> io::Result<()> {
+        let applied = self.table.apply(ev);
+        let owners = self.attributor.attribute(ev, &applied.socket);
+        let primary = owners
+            .first()
+            .filter(|o| o.source != OwnerSource::OnCpu)
+            .cloned();
+        let mut socket = applied.socket;
+        if primary.is_some() {
+            socket.owner.clone_from(&primary);
+            if let Some(s) = self.table.get_mut(ev.skaddr) {
+                s.owner = primary;
+            }
+        }
+        if !self.filters.transition_passes(ev) || !self.filters.owner_passes(&owners) {
+            return Ok(());
+        }
+        sink.transition(
+            &Transition {
+                ev,
+                dwell_ns: applied.dwell_ns,
+                socket: &socket,
+                owners: &owners,
+            },
+            &self.clock,
+        )
+    }
+}
+
+fn is_closed_pipe<T>(r: &io::Result<T>) -> bool {
+    matches!(r, Err(e) if e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Output piped into `head` ends quietly.
+fn quiet_pipe(e: io::Error) -> anyhow::Result<()> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e).context("writing output")
+    }
+}
