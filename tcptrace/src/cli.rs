@@ -210,7 +210,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if let Ok(secs) = t.parse::<f64>() {
-        if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
             return Err(format!("'{s}' is not a duration"));
         }
         return Ok(Duration::from_secs_f64(secs));

@@ -115,13 +115,15 @@ impl SocketTable {
         let fresh = ev.oldstate == TcpState::Close
             || (ev.oldstate == TcpState::Listen && ev.newstate == TcpState::SynRecv);
         let prev = if fresh {
-            self.sockets.remove(&ev.skaddr)
+            // Nothing of the previous socket at this address carries over.
+            self.sockets.remove(&ev.skaddr);
+            None
         } else {
             self.sockets.get(&ev.skaddr).cloned()
         };
         let dwell_ns = prev
             .as_ref()
-            .filter(|p| !fresh && p.state == ev.oldstate && !p.since_estimated)
+            .filter(|p| p.state == ev.oldstate && !p.since_estimated)
             .and_then(|p| ev.ts_ns.checked_sub(p.since_ns));
         let socket = Socket {
             state: ev.newstate,
