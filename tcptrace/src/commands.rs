@@ -3,8 +3,10 @@
 use std::{io::BufWriter, process::ExitCode};
 
 use crate::{
-    cli::{FilterArgs, TuningArgs, WatchArgs},
+    cli::{FilterArgs, LeaksArgs, TuningArgs, WatchArgs},
+    clock::{Clock, monotonic_ns},
     holders::HolderIndex,
+    leaks::{self, Collector, LeakFilter, LeaksSink, Report, Trend},
     loader::ProbeConfig,
     owner::Attributor,
     trace::{DEFAULT_TICK, Filters, Tracer},
@@ -24,6 +26,10 @@ fn probe_config(filter: &FilterArgs, tuning: &TuningArgs) -> anyhow::Result<Prob
     })
 }
 
+fn family(filter: &FilterArgs) -> Option<u16> {
+    Some(filter.family()).filter(|f| *f != 0)
+}
+
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let probe = probe_config(&args.filter, &args.tuning)?;
     let filters = Filters {
@@ -31,12 +37,13 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         comm: args.filter.comm.clone(),
         states: args.states.clone(),
     };
-    let tracer = Tracer::attach(
+    let mut tracer = Tracer::attach(
         &probe,
         filters,
         args.tuning.max_sockets,
         Attributor::new(Some(HolderIndex::new())),
     )?;
+    tracer.seed_existing(family(&args.filter))?;
     let stdout = std::io::stdout().lock();
     let mut sink = WatchSink::new(
         BufWriter::with_capacity(64 * 1024, stdout),
@@ -46,4 +53,63 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let stats = tracer.run(&mut sink, args.duration, DEFAULT_TICK).await?;
     eprintln!("{}", stats.summary());
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
+    let filter = LeakFilter {
+        pids: args.filter.pids.clone(),
+        comm: args.filter.comm.clone(),
+        lports: args.filter.lports.clone().map(|p| p.0).unwrap_or_default(),
+        rports: args.filter.rports.clone().map(|p| p.0).unwrap_or_default(),
+        family: family(&args.filter),
+    };
+    let report = Report {
+        json: args.json,
+        min_age: args.min_age,
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.once || args.check {
+        // Existing sockets only: no kernel program needed.
+        let rows = leaks::snapshot(filter)?;
+        let time = Clock::new().rfc3339(monotonic_ns());
+        report
+            .write(&mut stdout, &rows, &time, None)
+            .or_else(ignore_closed_pipe)?;
+        let found = leaks::leak_found(&rows, args.min_age, args.min_count);
+        return Ok(if args.check && found {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let probe = probe_config(&args.filter, &args.tuning)?;
+    // The view reads the socket table; no per-transition filtering needed.
+    let mut tracer = Tracer::attach(
+        &probe,
+        Filters::default(),
+        args.tuning.max_sockets,
+        Attributor::new(Some(HolderIndex::new())),
+    )?;
+    tracer.seed_existing(family(&args.filter))?;
+    let clear_screen = std::io::IsTerminal::is_terminal(&stdout) && !args.json;
+    let mut sink = LeaksSink {
+        out: stdout,
+        collector: Collector::new(filter),
+        report,
+        trend: Trend::default(),
+        interval: args.interval,
+        last: None,
+        clear_screen,
+    };
+    let stats = tracer.run(&mut sink, args.duration, DEFAULT_TICK).await?;
+    eprintln!("{}", stats.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ignore_closed_pipe(e: std::io::Error) -> anyhow::Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e.into())
+    }
 }

@@ -107,7 +107,11 @@ pub fn group(sockets: Vec<LeakSocket>) -> Vec<ProcessLeaks> {
             // Nobody holds a file for it (not accepted, or the holder is gone).
             vec![(0, 0, "?".to_owned())]
         } else {
-            let mut hs: Vec<_> = s.holders.iter().map(|h| (h.pid, h.start_time, h.comm.clone())).collect();
+            let mut hs: Vec<_> = s
+                .holders
+                .iter()
+                .map(|h| (h.pid, h.start_time, h.comm.clone()))
+                .collect();
             hs.dedup_by_key(|h| (h.0, h.1));
             hs
         };
@@ -129,7 +133,8 @@ pub fn group(sockets: Vec<LeakSocket>) -> Vec<ProcessLeaks> {
     }
     let mut rows: Vec<ProcessLeaks> = by_proc.into_values().collect();
     for r in &mut rows {
-        r.sockets.sort_by(|a, b| b.age.cmp(&a.age).then(a.tuple.lport.cmp(&b.tuple.lport)));
+        r.sockets
+            .sort_by(|a, b| b.age.cmp(&a.age).then(a.tuple.lport.cmp(&b.tuple.lport)));
     }
     rows.sort_by(|a, b| {
         b.sockets
@@ -163,35 +168,55 @@ impl Collector {
     }
 
     /// `known`: sockets whose entry into CLOSE_WAIT was traced (exact ages).
-    pub fn collect(&mut self, known: &HashMap<Tuple, &Socket>, now_ns: u64) -> anyhow::Result<Vec<ProcessLeaks>> {
-        let states = sockdiag::state_bit(sockdiag::TCP_CLOSE_WAIT) | sockdiag::state_bit(sockdiag::TCP_LISTEN);
+    pub fn collect(
+        &mut self,
+        known: &HashMap<Tuple, &Socket>,
+        now_ns: u64,
+    ) -> anyhow::Result<Vec<ProcessLeaks>> {
+        let states = sockdiag::state_bit(sockdiag::TCP_CLOSE_WAIT)
+            | sockdiag::state_bit(sockdiag::TCP_LISTEN);
         let dump = sockdiag::dump_tcp(states, self.filter.family)?;
         self.index.full_scan();
         // A CLOSE_WAIT socket nobody accepted yet has no file: it belongs to its listener.
-        let listeners: Vec<&DiagSocket> = dump.iter().filter(|d| d.state == sockdiag::TCP_LISTEN).collect();
+        let listeners: Vec<&DiagSocket> = dump
+            .iter()
+            .filter(|d| d.state == sockdiag::TCP_LISTEN)
+            .collect();
         let mut seen = HashMap::new();
         let mut sockets = Vec::new();
         for d in dump.iter().filter(|d| d.state == sockdiag::TCP_CLOSE_WAIT) {
             if !self.filter.socket_passes(d) {
                 continue;
             }
-            let tuple = Tuple { laddr: d.saddr, lport: d.sport, raddr: d.daddr, rport: d.dport };
+            let tuple = Tuple {
+                laddr: d.saddr,
+                lport: d.sport,
+                raddr: d.daddr,
+                rport: d.dport,
+            };
             let (since_ns, estimated) = match known.get(&tuple) {
                 Some(s) if s.state == TcpState::CloseWait => (s.since_ns, s.since_estimated),
                 _ => {
                     let guess = now_ns.saturating_sub(
-                        d.info.map_or(0, |i| u64::from(i.last_ack_recv_ms) * 1_000_000),
+                        d.info
+                            .map_or(0, |i| u64::from(i.last_ack_recv_ms) * 1_000_000),
                     );
-                    (*self.estimates.entry((tuple, d.inode)).or_insert(guess), true)
+                    (
+                        *self.estimates.entry((tuple, d.inode)).or_insert(guess),
+                        true,
+                    )
                 }
             };
             seen.insert((tuple, d.inode), ());
-            let mut holders = if d.inode != 0 { self.index.holders(d.inode, None) } else { Vec::new() };
+            let mut holders = if d.inode != 0 {
+                self.index.holders(d.inode, None)
+            } else {
+                Vec::new()
+            };
             if holders.is_empty() {
-                if let Some(l) = listeners
-                    .iter()
-                    .find(|l| l.sport == d.sport && (l.saddr == d.saddr || l.saddr.is_unspecified()))
-                {
+                if let Some(l) = listeners.iter().find(|l| {
+                    l.sport == d.sport && (l.saddr == d.saddr || l.saddr.is_unspecified())
+                }) {
                     holders = self.index.holders(l.inode, None);
                 }
             }
@@ -286,7 +311,13 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn write(&self, out: &mut dyn Write, rows: &[ProcessLeaks], time: &str, lost: Option<u64>) -> io::Result<()> {
+    pub fn write(
+        &self,
+        out: &mut dyn Write,
+        rows: &[ProcessLeaks],
+        time: &str,
+        lost: Option<u64>,
+    ) -> io::Result<()> {
         if self.json {
             for r in rows {
                 let row = JsonRow {
@@ -300,7 +331,11 @@ impl Report {
                     peers: r
                         .peers()
                         .into_iter()
-                        .map(|(a, p, n)| JsonPeer { raddr: a.to_string(), rport: p, count: n })
+                        .map(|(a, p, n)| JsonPeer {
+                            raddr: a.to_string(),
+                            rport: p,
+                            count: n,
+                        })
                         .collect(),
                     sockets: r
                         .sockets
@@ -322,7 +357,11 @@ impl Report {
         }
         let total: usize = rows.iter().map(|r| r.sockets.len()).sum();
         let lost = lost.map_or_else(String::new, |n| format!(", {n} events lost"));
-        writeln!(out, "{time}  {total} CLOSE_WAIT sockets in {} processes{lost}", rows.len())?;
+        writeln!(
+            out,
+            "{time}  {total} CLOSE_WAIT sockets in {} processes{lost}",
+            rows.len()
+        )?;
         if rows.is_empty() {
             return out.flush();
         }
@@ -333,10 +372,16 @@ impl Report {
             "PID", "COMM", "CLOSE_WAIT", "OLDEST", min_age_col, "GROWTH/1m", "FDS/LIMIT"
         )?;
         for r in rows {
-            let oldest = r
-                .oldest()
-                .map_or_else(String::new, |s| format!("{}{}", human_age(s.age), if s.age_estimated { "~" } else { "" }));
-            let growth = r.growth_1m.map_or_else(|| "-".to_owned(), |g| format!("{g:+}"));
+            let oldest = r.oldest().map_or_else(String::new, |s| {
+                format!(
+                    "{}{}",
+                    human_age(s.age),
+                    if s.age_estimated { "~" } else { "" }
+                )
+            });
+            let growth = r
+                .growth_1m
+                .map_or_else(|| "-".to_owned(), |g| format!("{g:+}"));
             let fds = match (r.fds, r.fd_limit) {
                 (Some(n), Some(l)) if l > 0 => format!("{n}/{l} ({}%)", n * 100 / l),
                 (Some(n), None) => format!("{n}/unlimited"),
@@ -361,7 +406,10 @@ impl Report {
                 peers.join(", ")
             )?;
         }
-        writeln!(out, "(~ = age estimated from the last ACK received: a lower bound)")?;
+        writeln!(
+            out,
+            "(~ = age estimated from the last ACK received: a lower bound)"
+        )?;
         writeln!(out, "{HINT}")?;
         out.flush()
     }
@@ -369,7 +417,8 @@ impl Report {
 
 /// Whether any process holds at least `min_count` CLOSE_WAIT sockets older than `min_age`.
 pub fn leak_found(rows: &[ProcessLeaks], min_age: Duration, min_count: u64) -> bool {
-    rows.iter().any(|r| r.older_than(min_age) as u64 >= min_count)
+    rows.iter()
+        .any(|r| r.older_than(min_age) as u64 >= min_count)
 }
 
 /// One snapshot from the sockets that exist now, without tracing.
@@ -385,6 +434,8 @@ pub struct LeaksSink<W: Write> {
     pub trend: Trend,
     pub interval: Duration,
     pub last: Option<Instant>,
+    /// Redraw in place, like top, when writing to a terminal.
+    pub clear_screen: bool,
 }
 
 impl<W: Write> Sink for LeaksSink<W> {
@@ -399,7 +450,10 @@ impl<W: Write> Sink for LeaksSink<W> {
 
     fn tick(&mut self, ctx: &mut Context<'_>) -> io::Result<ControlFlow<()>> {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < self.interval) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
             return Ok(ControlFlow::Continue(()));
         }
         self.last = Some(now);
@@ -410,10 +464,17 @@ impl<W: Write> Sink for LeaksSink<W> {
             .map(|(_, s)| (s.tuple, s))
             .collect();
         let now_ns = monotonic_ns();
-        let mut rows = self.collector.collect(&known, now_ns).map_err(io::Error::other)?;
+        let mut rows = self
+            .collector
+            .collect(&known, now_ns)
+            .map_err(io::Error::other)?;
         self.trend.record(&mut rows, now);
         let time = ctx.clock.rfc3339(now_ns);
-        self.report.write(&mut self.out, &rows, &time, Some(ctx.stats.lost))?;
+        if self.clear_screen {
+            write!(self.out, "\x1b[H\x1b[2J")?;
+        }
+        self.report
+            .write(&mut self.out, &rows, &time, Some(ctx.stats.lost))?;
         Ok(ControlFlow::Continue(()))
     }
 }
@@ -437,7 +498,12 @@ mod tests {
             age_estimated: false,
             holders: holders
                 .iter()
-                .map(|(pid, comm)| Holder { pid: *pid, fd: 3, comm: (*comm).into(), start_time: u64::from(*pid) * 10 })
+                .map(|(pid, comm)| Holder {
+                    pid: *pid,
+                    fd: 3,
+                    comm: (*comm).into(),
+                    start_time: u64::from(*pid) * 10,
+                })
                 .collect(),
         }
     }
@@ -455,7 +521,10 @@ mod tests {
         let summary: Vec<(u32, usize)> = rows.iter().map(|r| (r.pid, r.sockets.len())).collect();
         assert_eq!(summary, vec![(10, 3), (20, 1), (30, 1), (31, 1)]);
         assert_eq!(rows[0].oldest().unwrap().age, Duration::from_secs(50));
-        assert_eq!(rows[0].peers()[0], (Ipv4Addr::new(10, 0, 0, 5).into(), 61616, 2));
+        assert_eq!(
+            rows[0].peers()[0],
+            (Ipv4Addr::new(10, 0, 0, 5).into(), 61616, 2)
+        );
         assert_eq!(rows[0].older_than(Duration::from_secs(5)), 2);
         assert!(leak_found(&rows, Duration::from_secs(600), 1));
         assert!(!leak_found(&rows, Duration::from_secs(1000), 1));
@@ -489,24 +558,50 @@ mod tests {
         assert_eq!(human_age(Duration::from_secs(45)), "45s");
         assert_eq!(human_age(Duration::from_secs(723)), "12m03s");
         assert_eq!(human_age(Duration::from_secs(3 * 3600 + 300)), "3h05m");
-        assert_eq!(human_age(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d04h");
+        assert_eq!(
+            human_age(Duration::from_secs(2 * 86400 + 4 * 3600)),
+            "2d04h"
+        );
     }
 
     #[test]
     fn text_and_json_reports() {
         let rows = group(vec![sock(61616, 130, &[(10, "java")])]);
         let mut buf = Vec::new();
-        Report { json: false, min_age: Duration::from_secs(60) }.write(&mut buf, &rows, "T", Some(0)).unwrap();
+        Report {
+            json: false,
+            min_age: Duration::from_secs(60),
+        }
+        .write(&mut buf, &rows, "T", Some(0))
+        .unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("10.0.0.5:61616 \u{d7}1"), "{text}");
         assert!(text.contains("2m10s"), "{text}");
         assert!(text.contains("keepalive"), "{text}");
         let mut buf = Vec::new();
-        Report { json: true, min_age: Duration::ZERO }.write(&mut buf, &rows, "T", None).unwrap();
+        Report {
+            json: true,
+            min_age: Duration::ZERO,
+        }
+        .write(&mut buf, &rows, "T", None)
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, ["close_wait", "comm", "fd_limit", "fds", "oldest_s", "peers", "pid", "sockets", "time"]);
+        assert_eq!(
+            keys,
+            [
+                "close_wait",
+                "comm",
+                "fd_limit",
+                "fds",
+                "oldest_s",
+                "peers",
+                "pid",
+                "sockets",
+                "time"
+            ]
+        );
         assert_eq!(v["peers"][0]["rport"], 61616);
         assert_eq!(v["sockets"][0]["age_s"], 130.0);
     }

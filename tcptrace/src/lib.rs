@@ -8,6 +8,7 @@ pub mod clock;
 pub mod commands;
 pub mod decode;
 pub mod holders;
+pub mod leaks;
 pub mod loader;
 pub mod owner;
 pub mod sockdiag;

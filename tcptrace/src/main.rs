@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Watch(args) => commands::watch(args).await,
-            Command::Leaks(_args) => anyhow::bail!("leaks: not yet wired"),
+            Command::Leaks(args) => commands::leaks(args).await,
         }
     });
     match result {

@@ -48,7 +48,7 @@ impl Owner {
         }
     }
 
-    fn from_holder(h: &Holder) -> Self {
+    pub fn from_holder(h: &Holder) -> Self {
         Self {
             pid: h.pid,
             comm: h.comm.clone(),
@@ -79,6 +79,11 @@ impl Attributor {
             listeners: HashMap::new(),
             holders,
         }
+    }
+
+    /// A listener that existed before tracing started.
+    pub fn add_listener(&mut self, lport: u16, owner: Owner) {
+        self.listeners.insert(lport, owner);
     }
 
     pub fn holders_mut(&mut self) -> Option<&mut HolderIndex> {

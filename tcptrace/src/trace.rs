@@ -13,10 +13,11 @@ use tokio::{
 
 use crate::{
     clock::Clock,
-    decode::{self, Event},
+    decode::{self, Event, Family},
     loader::{Probe, ProbeConfig},
     owner::{Attributor, Owner, OwnerSource},
-    socket_table::{Socket, SocketTable},
+    sockdiag,
+    socket_table::{Socket, SocketTable, Tuple},
     state::TcpState,
 };
 
@@ -127,8 +128,69 @@ impl Tracer {
         })
     }
 
-    pub fn table_mut(&mut self) -> &mut SocketTable {
-        &mut self.table
+    /// Puts the sockets that exist now into the table, so states and
+    /// CLOSE_WAIT leaks from before we started are known at once. Their time
+    /// of entry is unknown: CLOSE_WAIT is estimated from tcp_info (time since
+    /// the last ACK arrived, a lower bound), others are marked estimated.
+    pub fn seed_existing(&mut self, family: Option<u16>) -> anyhow::Result<usize> {
+        let dump = sockdiag::dump_tcp(sockdiag::ALL_STATES, family)
+            .context("sock_diag dump of existing sockets")?;
+        let now = crate::clock::monotonic_ns();
+        if let Some(index) = self.attributor.holders_mut() {
+            index.full_scan();
+        }
+        let mut n = 0;
+        for d in &dump {
+            let Some(state) = TcpState::from_kernel(d.state) else {
+                continue;
+            };
+            let family = if d.family == tcptrace_common::AF_INET6 {
+                Family::V6
+            } else {
+                Family::V4
+            };
+            // Owners now for the states that matter at once; the rest lazily.
+            let owner = if matches!(state, TcpState::Listen | TcpState::CloseWait) && d.inode != 0 {
+                self.attributor
+                    .holders_mut()
+                    .and_then(|idx| idx.holders(d.inode, None).first().map(Owner::from_holder))
+            } else {
+                None
+            };
+            if state == TcpState::Listen {
+                if let Some(o) = &owner {
+                    self.attributor.add_listener(d.sport, o.clone());
+                }
+                continue;
+            }
+            let age_ns = match (state, d.info) {
+                (TcpState::CloseWait, Some(info)) => u64::from(info.last_ack_recv_ms) * 1_000_000,
+                _ => 0,
+            };
+            self.table.seed(
+                d.cookie,
+                Socket {
+                    state,
+                    since_ns: now.saturating_sub(age_ns),
+                    since_estimated: true,
+                    family,
+                    tuple: Tuple {
+                        laddr: d.saddr,
+                        lport: d.sport,
+                        raddr: d.daddr,
+                        rport: d.dport,
+                    },
+                    inode: d.inode,
+                    owner,
+                },
+            );
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn table(&self) -> &SocketTable {
+        &self.table
     }
 
     pub fn clock(&self) -> &Clock {
