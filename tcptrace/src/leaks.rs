@@ -213,12 +213,12 @@ impl Collector {
             } else {
                 Vec::new()
             };
-            if holders.is_empty() {
-                if let Some(l) = listeners.iter().find(|l| {
+            if holders.is_empty()
+                && let Some(l) = listeners.iter().find(|l| {
                     l.sport == d.sport && (l.saddr == d.saddr || l.saddr.is_unspecified())
-                }) {
-                    holders = self.index.holders(l.inode, None);
-                }
+                })
+            {
+                holders = self.index.holders(l.inode, None);
             }
             sockets.push(LeakSocket {
                 tuple,
