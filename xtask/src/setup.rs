@@ -31,6 +31,10 @@ const APT_PACKAGES: &[&str] = &[
     // Test hosts and sockets (ss, ip netns) and processes (ps, pgrep).
     "iproute2",
     "procps",
+    // The leak scenarios in the tests are small python3 programs; setpriv
+    // (util-linux) drops privileges for the permission test.
+    "python3",
+    "util-linux",
     // The serve tests scrape tcptrace with a real Prometheus.
     "prometheus",
     // Benchmarks: a server and its load, and tracers and profilers to compare.
