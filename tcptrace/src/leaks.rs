@@ -40,7 +40,20 @@ pub struct LeakSocket {
     pub inode: u64,
     pub age: Duration,
     pub age_estimated: bool,
+    /// Accepted from one of our listeners: the peer's port is ephemeral, so
+    /// the text view groups such peers by address and our listening port.
+    pub server_side: bool,
     pub holders: Vec<Holder>,
+}
+
+impl LeakSocket {
+    fn peer_label(&self) -> String {
+        if self.server_side {
+            format!("{} \u{2192} :{}", self.tuple.raddr, self.tuple.lport)
+        } else {
+            endpoint(self.tuple.raddr, self.tuple.rport)
+        }
+    }
 }
 
 /// One row: a process (pid + start time, so pid reuse cannot merge two).
@@ -62,6 +75,17 @@ impl ProcessLeaks {
 
     pub fn older_than(&self, min_age: Duration) -> usize {
         self.sockets.iter().filter(|s| s.age >= min_age).count()
+    }
+
+    /// (peer label, count) for the text view, most frequent first.
+    pub fn peer_labels(&self) -> Vec<(String, usize)> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for s in &self.sockets {
+            *counts.entry(s.peer_label()).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
     }
 
     /// (raddr, rport, count), most frequent first.
@@ -220,9 +244,13 @@ impl Collector {
             {
                 holders = self.index.holders(l.inode, None);
             }
+            let server_side = listeners
+                .iter()
+                .any(|l| l.sport == d.sport && (l.saddr == d.saddr || l.saddr.is_unspecified()));
             sockets.push(LeakSocket {
                 tuple,
                 inode: d.inode,
+                server_side,
                 age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
                 age_estimated: estimated,
                 holders,
@@ -388,10 +416,10 @@ impl Report {
                 _ => "-".to_owned(),
             };
             let peers: Vec<String> = r
-                .peers()
+                .peer_labels()
                 .into_iter()
                 .take(TOP_PEERS)
-                .map(|(a, p, n)| format!("{} \u{d7}{n}", endpoint(a, p)))
+                .map(|(label, n)| format!("{label} \u{d7}{n}"))
                 .collect();
             writeln!(
                 out,
@@ -496,6 +524,7 @@ mod tests {
             inode: 1,
             age: Duration::from_secs(age_s),
             age_estimated: false,
+            server_side: false,
             holders: holders
                 .iter()
                 .map(|(pid, comm)| Holder {
