@@ -7,10 +7,13 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePoint,
 };
-use tcptrace_common::{DROPS_SLOT, Filter, Offsets};
+use tcptrace_common::{
+    AggregateConfig, DROPS_SLOT, Filter, HIST_FULL_SLOT, HistKey, ListenerOwner, MODE_AGGREGATE,
+    MODE_STREAM, Offsets, TASK_COMM_LEN,
+};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -28,6 +31,16 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u64,
     /// Read socket inodes in the kernel (needed to name owners from /proc).
     pub inodes: bool,
+    /// `Some`: aggregate histograms in the kernel (hist) instead of streaming
+    /// every transition (`None`: watch, leaks).
+    pub aggregate: Option<AggregateProbe>,
+}
+
+/// The kernel's aggregate mode: what it groups by, and how many sockets'
+/// timestamps it keeps (LRU beyond that).
+pub struct AggregateProbe {
+    pub config: AggregateConfig,
+    pub max_sockets: u32,
 }
 
 pub struct Probe {
@@ -37,6 +50,17 @@ pub struct Probe {
     pub events: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     pub offsets: Offsets,
+    /// The aggregate mode's maps.
+    pub aggregate: Option<AggregateMaps>,
+}
+
+pub struct AggregateMaps {
+    /// The histograms.
+    pub hist: PerCpuHashMap<MapData, HistKey, u64>,
+    /// Listening port -> owner; seeded with the listeners that predate the probe.
+    pub listen_owners: HashMap<MapData, u16, ListenerOwner>,
+    /// Owner tgid -> comm, learnt in process context (grouping by process).
+    pub comms: HashMap<MapData, u32, [u8; TASK_COMM_LEN]>,
 }
 
 impl Probe {
@@ -44,16 +68,38 @@ impl Probe {
         check_privileges()?;
         ensure_tracefs()?;
         raise_memlock_rlimit();
+        check_kernel_features()?;
         let offsets = if cfg.inodes {
-            crate::btf::socket_inode_offsets().context("reading struct offsets from kernel BTF")?
+            // Without BTF, owners still come from process context, listeners
+            // and sock_diag; only the /proc lookup by inode is lost.
+            crate::btf::socket_inode_offsets().unwrap_or_else(|e| {
+                eprintln!(
+                    "tcptrace: warning: {e:#}; socket owners seen in softirq may be unknown (a kernel with CONFIG_DEBUG_INFO_BTF fixes this)"
+                );
+                Offsets::NONE
+            })
         } else {
             Offsets::NONE
+        };
+        let (mode, aggregate, ring_bytes, max_sockets) = match &cfg.aggregate {
+            // The ring buffer stays, unused: its smallest size is a page.
+            Some(a) => (MODE_AGGREGATE, a.config, page_size(), a.max_sockets.max(1)),
+            // The aggregate-only maps shrink to one entry.
+            None => (MODE_STREAM, AggregateConfig::NONE, cfg.ring_bytes, 1),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER", &cfg.filter, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &cfg.wakeup_bytes, true)
-            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .override_global("MODE", &mode, true)
+            .override_global("AGGREGATE", &aggregate, true)
+            .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("SOCKETS", max_sockets)
+            .map_max_entries(
+                "LISTEN_OWNERS",
+                if cfg.aggregate.is_some() { 4096 } else { 1 },
+            )
+            .map_max_entries("COMMS", if cfg.aggregate.is_some() { 16384 } else { 1 })
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/tcptrace"
@@ -86,11 +132,26 @@ impl Probe {
             ebpf.take_map("DROPS")
                 .ok_or_else(|| anyhow!("map DROPS missing"))?,
         )?;
+        let aggregate = match cfg.aggregate {
+            Some(_) => {
+                let mut take = |name| {
+                    ebpf.take_map(name)
+                        .ok_or_else(|| anyhow!("map {name} missing"))
+                };
+                Some(AggregateMaps {
+                    hist: PerCpuHashMap::try_from(take("HIST")?)?,
+                    listen_owners: HashMap::try_from(take("LISTEN_OWNERS")?)?,
+                    comms: HashMap::try_from(take("COMMS")?)?,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             drops,
             offsets,
+            aggregate,
         })
     }
 
@@ -101,6 +162,20 @@ impl Probe {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+
+    /// Histogram updates the kernel dropped because `HIST` was full.
+    pub fn hist_full(&self) -> u64 {
+        self.drops
+            .get(&HIST_FULL_SLOT, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).unwrap_or(4096)
 }
 
 fn explain_load_error(e: &aya::EbpfError) -> anyhow::Error {
@@ -143,6 +218,24 @@ fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
+}
+
+/// Says which kernel feature is missing before the loader fails obscurely.
+fn check_kernel_features() -> anyhow::Result<()> {
+    use aya::{
+        maps::MapType,
+        programs::ProgramType,
+        sys::{is_map_supported, is_program_supported},
+    };
+    if !is_program_supported(ProgramType::TracePoint).unwrap_or(false) {
+        bail!(
+            "this kernel cannot load BPF tracepoint programs (needs CONFIG_BPF_SYSCALL and CONFIG_BPF_EVENTS)"
+        );
+    }
+    if !is_map_supported(MapType::RingBuf).unwrap_or(false) {
+        bail!("this kernel has no BPF ring buffer (needs Linux >= 5.8)");
+    }
+    Ok(())
 }
 
 /// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN implies both on older kernels).

@@ -248,9 +248,11 @@ impl Tracer {
                 () = &mut deadline => Wake::Stop,
             };
             let drained = self.drain(ring.get_mut(), sink);
-            let mut stop = matches!(wake, Wake::Stop) || is_closed_pipe(&drained);
+            let flushed = sink.flush();
+            let mut stop =
+                matches!(wake, Wake::Stop) || is_closed_pipe(&drained) || is_closed_pipe(&flushed);
             drained.or_else(quiet_pipe)?;
-            sink.flush().or_else(quiet_pipe)?;
+            flushed.or_else(quiet_pipe)?;
             if matches!(wake, Wake::Tick) && !stop {
                 self.warn_lost();
                 let mut ctx = Context {

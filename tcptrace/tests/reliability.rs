@@ -1,0 +1,211 @@
+//! Production behaviour: overload is counted and recovered from, exits leave
+//! nothing behind in the kernel, a closed pipe ends quietly, memory stays bounded.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::Shutdown,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::*;
+
+/// Server-side transitions of one connection closed by the client first:
+/// LISTEN->SYN_RECV, SYN_RECV->ESTABLISHED, ->CLOSE_WAIT, ->LAST_ACK, ->CLOSE.
+const SERVER_SIDE: u64 = 5;
+
+fn connections(l: &std::net::TcpListener, port: u16, n: usize) {
+    for _ in 0..n {
+        let c = connect("127.0.0.1", port);
+        let (s, _) = l.accept().unwrap();
+        drop(c);
+        // Let the FIN arrive, so the server closes from CLOSE_WAIT (no reset).
+        let mut buf = [0u8; 1];
+        let _ = std::io::Read::read(&mut &s, &mut buf);
+        s.shutdown(Shutdown::Both).ok();
+        drop(s);
+    }
+}
+
+fn summary_numbers(stderr: &str) -> (u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("tcptrace: ") && l.contains(" events, "))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (nums[0], nums[1], nums[2])
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_exactly_and_the_tracer_recovers() {
+    let (l, port) = listener("127.0.0.1:0");
+    let p = port.to_string();
+    // 4 KiB holds ~39 records: a paused reader must lose most of a burst.
+    let run = start(&["watch", "--json", "-L", &p, "--ring-size", "4096"]);
+    run.signal(libc::SIGSTOP);
+    let burst = 200;
+    connections(&l, port, burst);
+    thread::sleep(Duration::from_millis(200));
+    run.signal(libc::SIGCONT);
+    // Recovery: later traffic is delivered again.
+    thread::sleep(Duration::from_millis(300));
+    connections(&l, port, 3);
+    let ok = run.wait_for(Duration::from_secs(10), |v| v.len() as u64 >= 30);
+    thread::sleep(Duration::from_millis(300));
+    let fin = run.stop();
+    assert!(ok, "no recovery: {} lines, {}", fin.lines.len(), fin.stderr);
+    let (events, lost, _) = summary_numbers(&fin.stderr);
+    assert!(lost > 0, "{}", fin.stderr);
+    assert_eq!(
+        events as usize,
+        fin.lines.len(),
+        "every decoded event was printed"
+    );
+    assert_eq!(
+        events + lost,
+        SERVER_SIDE * (burst as u64 + 3),
+        "delivered + lost = all: {}",
+        fin.stderr
+    );
+    assert!(
+        fin.stderr.contains("events lost (ring buffer full"),
+        "a warning while running: {}",
+        fin.stderr
+    );
+}
+
+/// The BPF objects a process holds, from its fdinfo.
+fn bpf_ids(pid: u32, key: &str) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix(key) {
+                ids.insert(v.trim().parse().unwrap());
+            }
+        }
+    }
+    ids
+}
+
+fn bpftool_ids(what: &str) -> BTreeSet<u32> {
+    let out = Command::new("bpftool")
+        .args([what, "show", "-j"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn every_exit_path_detaches_the_program_and_link() {
+    for sig in [
+        Some(libc::SIGINT),
+        Some(libc::SIGTERM),
+        Some(libc::SIGHUP),
+        None,
+    ] {
+        let run = if sig.is_some() {
+            start(&["watch", "-L", "1"])
+        } else {
+            start(&["watch", "-L", "1", "--duration", "0.5"])
+        };
+        let progs = bpf_ids(run.pid(), "prog_id:");
+        let links = bpf_ids(run.pid(), "link_id:");
+        assert!(
+            !progs.is_empty() && !links.is_empty(),
+            "tracer holds no BPF program/link"
+        );
+        assert!(progs.is_subset(&bpftool_ids("prog")));
+        assert!(links.is_subset(&bpftool_ids("link")));
+        if let Some(sig) = sig {
+            run.signal(sig);
+        }
+        let fin = run.wait();
+        assert_eq!(fin.code, Some(0), "{sig:?}: {}", fin.stderr);
+        let (prog_now, link_now) = (bpftool_ids("prog"), bpftool_ids("link"));
+        assert!(
+            progs.is_disjoint(&prog_now),
+            "{sig:?}: program left loaded: {progs:?}"
+        );
+        assert!(
+            links.is_disjoint(&link_now),
+            "{sig:?}: link left attached: {links:?}"
+        );
+    }
+}
+
+#[test]
+fn output_piped_into_head_ends_quietly() {
+    let (l, port) = listener("127.0.0.1:0");
+    let script = format!(
+        "{BIN} watch --json -L {port} | head -n 2 > /dev/null; echo \"${{PIPESTATUS[0]}}\""
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    // Enough lines to fill head and then hit the closed pipe.
+    connections(&l, port, 5);
+    thread::sleep(Duration::from_millis(500));
+    connections(&l, port, 5);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "tcptrace's exit status; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("Broken pipe")
+            && !stderr.contains("panicked")
+            && !stderr.contains("error"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_socket_table_is_bounded_and_evictions_are_counted() {
+    let (l, port) = listener("127.0.0.1:0");
+    let run = start(&[
+        "watch",
+        "--json",
+        "-D",
+        &port.to_string(),
+        "--max-sockets",
+        "64",
+    ]);
+    // 300 client sockets held open: far more than the table may hold.
+    let acceptor =
+        thread::spawn(move || (0..300).map(|_| l.accept().unwrap().0).collect::<Vec<_>>());
+    let clients: Vec<_> = (0..300).map(|_| connect("127.0.0.1", port)).collect();
+    let accepted = acceptor.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    drop(clients);
+    drop(accepted);
+    thread::sleep(Duration::from_millis(300));
+    let fin = run.stop();
+    let (events, lost, evicted) = summary_numbers(&fin.stderr);
+    assert_eq!(lost, 0);
+    assert!(events >= 600, "{}", fin.stderr);
+    // Each of the 300 sockets was inserted once while the table held at most 64.
+    assert!(evicted >= 300 - 64, "evicted {evicted}: {}", fin.stderr);
+}
