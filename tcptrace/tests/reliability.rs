@@ -209,3 +209,66 @@ fn the_socket_table_is_bounded_and_evictions_are_counted() {
     // Each of the 300 sockets was inserted once while the table held at most 64.
     assert!(evicted >= 300 - 64, "evicted {evicted}: {}", fin.stderr);
 }
+
+/// Runs tcptrace in a private mount namespace prepared by `setup` (bash).
+fn in_mount_ns(setup: &str, exec_prefix: &str, args: &str) -> common::Finished {
+    let script = format!("set -e; {setup}; exec {exec_prefix} {BIN} {args}");
+    let out = Command::new("unshare")
+        .args(["-m", "bash", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    common::Finished {
+        lines: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    }
+}
+
+#[test]
+fn no_tracefs_and_no_right_to_mount_it_names_the_fix() {
+    // Hide tracefs, then lose CAP_SYS_ADMIN so tcptrace cannot mount it.
+    let fin = in_mount_ns(
+        "mount -t tmpfs none /sys/kernel/tracing; mount -t tmpfs none /sys/kernel/debug || true",
+        "setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin",
+        "watch --duration 1",
+    );
+    assert_eq!(fin.code, Some(1), "{}", fin.stderr);
+    assert_eq!(fin.stderr.lines().count(), 1, "{}", fin.stderr);
+    assert!(
+        fin.stderr
+            .contains("mount -t tracefs nodev /sys/kernel/tracing"),
+        "{}",
+        fin.stderr
+    );
+}
+
+#[test]
+fn unmounted_tracefs_is_mounted_on_demand() {
+    let fin = in_mount_ns(
+        "while mountpoint -q /sys/kernel/tracing; do umount /sys/kernel/tracing; done; \
+         test ! -e /sys/kernel/tracing/events; mount -t tmpfs none /sys/kernel/debug || true",
+        "",
+        "watch --duration 0.3 -L 1",
+    );
+    assert_eq!(fin.code, Some(0), "{}", fin.stderr);
+    assert!(fin.stderr.contains("tcptrace: attached"), "{}", fin.stderr);
+}
+
+#[test]
+fn missing_btf_degrades_with_a_warning() {
+    let fin = in_mount_ns(
+        "f=$(mktemp); mount --bind \"$f\" /sys/kernel/btf/vmlinux",
+        "",
+        "watch --duration 0.3 -L 1",
+    );
+    assert_eq!(fin.code, Some(0), "{}", fin.stderr);
+    assert!(
+        fin.stderr.contains("warning:") && fin.stderr.contains("/sys/kernel/btf/vmlinux"),
+        "{}",
+        fin.stderr
+    );
+    assert!(fin.stderr.contains("tcptrace: attached"), "{}", fin.stderr);
+}
