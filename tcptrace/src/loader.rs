@@ -20,6 +20,8 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 
 // Capability numbers from linux/capability.h.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -248,6 +250,11 @@ fn check_privileges() -> anyhow::Result<()> {
         .unwrap_or(0);
     let has = |cap: u32| cap_eff & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        if !(has(CAP_SYS_PTRACE) && has(CAP_DAC_READ_SEARCH)) && unsafe { libc::geteuid() } != 0 {
+            eprintln!(
+                "tcptrace: warning: without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH the owners of other users' sockets cannot be read from /proc"
+            );
+        }
         return Ok(());
     }
     bail!(
@@ -258,6 +265,14 @@ fn check_privileges() -> anyhow::Result<()> {
 /// The tracepoint is found through tracefs; mount it when it is missing.
 fn ensure_tracefs() -> anyhow::Result<()> {
     let event = format!("events/{}/{}", TRACEPOINT.0, TRACEPOINT.1);
+    // tracefs is mode 0700: without root, reading it takes CAP_DAC_READ_SEARCH.
+    if let Err(e) = std::fs::read_dir(TRACEFS)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        bail!(
+            "cannot read {TRACEFS} (permission denied): run as root or grant CAP_DAC_READ_SEARCH"
+        );
+    }
     if Path::new(TRACEFS).join(&event).exists() || Path::new(DEBUGFS_TRACING).join(&event).exists()
     {
         return Ok(());

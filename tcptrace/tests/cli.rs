@@ -20,6 +20,13 @@ fn bad_flags_and_values_are_one_line_and_exit_2() {
         &["watch", "--max-sockets", "0"],
         &["leaks", "--interval", "0"],
         &["leaks", "--min-count", "0"],
+        &["serve", "--listen", "300.1.1.1:10180"],
+        &["serve", "--listen", ":10180"],
+        &["serve", "--listen", "127.0.0.1:99999"],
+        &["serve", "--listen", "example.com:80"],
+        &["serve", "--listen", ""],
+        &["serve", "--top", "0"],
+        &["serve", "--interval", "0"],
         &["frobnicate"],
         &[],
     ];

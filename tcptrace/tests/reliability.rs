@@ -272,3 +272,36 @@ fn missing_btf_degrades_with_a_warning() {
     );
     assert!(fin.stderr.contains("tcptrace: attached"), "{}", fin.stderr);
 }
+
+#[test]
+fn watch_runs_with_only_the_documented_capabilities() {
+    // As nobody, with CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE only.
+    let caps = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
+    let inh = format!("--inh-caps=-all,{caps}");
+    let amb = format!("--ambient-caps={caps}");
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &inh,
+        &amb,
+    ];
+    let (l, port) = listener("127.0.0.1:0");
+    let run = common::start_with(&wrapper, &["watch", "--json", "-L", &port.to_string()]);
+    let c = connect("127.0.0.1", port);
+    let (s, _) = l.accept().unwrap();
+    drop(c);
+    thread::sleep(Duration::from_millis(50));
+    drop(s);
+    let ok = run.wait_for(Duration::from_secs(10), |v| {
+        v.iter().any(|v| v["newstate"] == "CLOSE")
+    });
+    let fin = run.stop();
+    assert!(ok, "{:?} {}", fin.lines, fin.stderr);
+    // The sockets are root's (ours): named through /proc thanks to the two capabilities.
+    for v in fin.json() {
+        assert_eq!(v["pid"].as_u64().unwrap() as u32, my_pid(), "{v}");
+    }
+    assert!(!fin.stderr.contains("warning"), "{}", fin.stderr);
+}

@@ -43,7 +43,20 @@ impl Finished {
 
 /// Starts `tcptrace ARGS` and waits for its `tcptrace: attached` line.
 pub fn start(args: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
+    start_with(&[], args)
+}
+
+/// Like [`start`], run through a wrapper such as `setpriv ...`.
+pub fn start_with(wrapper: &[&str], args: &[&str]) -> Running {
+    let mut cmd = match wrapper {
+        [] => Command::new(BIN),
+        [program, rest @ ..] => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(BIN);
+            c
+        }
+    };
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
