@@ -178,50 +178,54 @@ fn client_that_never_closes_after_the_server_closed() {
     assert!(fds.abs_diff(fd_count(sc.holder)) <= 1, "fds {fds}");
 }
 
-#[test]
-fn a_child_that_inherited_the_socket_is_named_not_the_parent() {
-    let (l, port) = listener("127.0.0.1:0");
-    let sc = Scenario::start("fork", 3, port, "127.0.0.1");
-    close_all_accepted(&l, 3);
-    let truth = wait_for_ss(port, 3);
-    let (got, _) = leaks_once(&["-D", &port.to_string()]);
+/// A client-side leak made by `mode`: `leaks --once` must agree with `ss -tanp`
+/// and name only the scenario's holder.
+fn client_leak_named_like_ss(
+    mode: &str,
+    n: usize,
+    host: &str,
+    filter: &[&str],
+) -> (Scenario, Vec<Value>) {
+    let (l, port) = listener(&if host.contains(':') {
+        format!("[{host}]:0")
+    } else {
+        format!("{host}:0")
+    });
+    let sc = Scenario::start(mode, n, port, host);
+    close_all_accepted(&l, n);
+    let truth = wait_for_ss(port, n);
+    let p = port.to_string();
+    let mut args = filter.to_vec();
+    args.extend(["-D", &p]);
+    let (got, rows) = leaks_once(&args);
     assert_eq!(got, truth);
     assert_eq!(
         got.keys().copied().collect::<Vec<_>>(),
         vec![sc.holder],
-        "parent {:?}",
+        "not {:?}",
         sc.others
     );
+    (sc, rows)
+}
+
+#[test]
+fn a_child_that_inherited_the_socket_is_named_not_the_parent() {
+    client_leak_named_like_ss("fork", 3, "127.0.0.1", &[]);
 }
 
 #[test]
 fn a_socket_passed_with_scm_rights_belongs_to_the_receiver() {
-    let (l, port) = listener("127.0.0.1:0");
-    let sc = Scenario::start("scm", 3, port, "127.0.0.1");
-    close_all_accepted(&l, 3);
-    let truth = wait_for_ss(port, 3);
-    let (got, _) = leaks_once(&["-D", &port.to_string()]);
-    assert_eq!(got, truth);
-    assert_eq!(
-        got.keys().copied().collect::<Vec<_>>(),
-        vec![sc.holder],
-        "sender {:?}",
-        sc.others
-    );
+    client_leak_named_like_ss("scm", 3, "127.0.0.1", &[]);
 }
 
 #[test]
 fn ipv6_leaks() {
-    let (l, port) = listener("[::1]:0");
-    let sc = Scenario::start("client", 4, port, "::1");
-    close_all_accepted(&l, 4);
-    let truth = wait_for_ss(port, 4);
-    let (got, rows) = leaks_once(&["-6", "-D", &port.to_string()]);
-    assert_eq!(got, truth);
-    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![sc.holder]);
+    let (sc, rows) = client_leak_named_like_ss("client", 4, "::1", &["-6"]);
     assert_eq!(rows[0]["sockets"][0]["raddr"], "::1");
-    let (v4, _) = leaks_once(&["-4", "-D", &port.to_string()]);
+    let port = rows[0]["sockets"][0]["rport"].to_string();
+    let (v4, _) = leaks_once(&["-4", "-D", &port]);
     assert!(v4.is_empty(), "{v4:?}");
+    drop(sc);
 }
 
 #[test]

@@ -217,14 +217,7 @@ fn in_mount_ns(setup: &str, exec_prefix: &str, args: &str) -> common::Finished {
         .args(["-m", "bash", "-c", &script])
         .output()
         .expect("unshare (util-linux)");
-    common::Finished {
-        lines: String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code(),
-    }
+    out.into()
 }
 
 #[test]

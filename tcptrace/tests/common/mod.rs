@@ -191,13 +191,19 @@ pub fn run(args: &[&str]) -> Finished {
         .stdin(Stdio::null())
         .output()
         .expect("running tcptrace");
-    Finished {
-        lines: String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code(),
+    Finished::from(out)
+}
+
+impl From<std::process::Output> for Finished {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            lines: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: out.status.code(),
+        }
     }
 }
 
