@@ -17,6 +17,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    cgroup::{cgroup_path_of_pid, container_id},
     clock::{Clock, monotonic_ns},
     decode::endpoint,
     holders::{Holder, HolderIndex, process_info},
@@ -66,6 +67,8 @@ pub struct ProcessLeaks {
     pub fds: Option<u64>,
     pub fd_limit: Option<u64>,
     pub growth_1m: Option<i64>,
+    /// Short container id when the process's cgroup shows one.
+    pub container: Option<String>,
 }
 
 impl ProcessLeaks {
@@ -150,6 +153,7 @@ pub fn group(sockets: Vec<LeakSocket>) -> Vec<ProcessLeaks> {
                     fds: None,
                     fd_limit: None,
                     growth_1m: None,
+                    container: None,
                 })
                 .sockets
                 .push(s.clone());
@@ -263,6 +267,7 @@ impl Collector {
             if let Some(info) = process_info(r.pid).filter(|i| i.start_time == r.start_time) {
                 r.fds = Some(info.open_fds);
                 r.fd_limit = info.fd_limit;
+                r.container = cgroup_path_of_pid(r.pid).and_then(|p| container_id(&p));
             }
         }
         Ok(rows)
@@ -421,11 +426,16 @@ impl Report {
                 .take(TOP_PEERS)
                 .map(|(label, n)| format!("{label} \u{d7}{n}"))
                 .collect();
+            // A container's processes read as `comm@container`, like `docker top`'s id.
+            let comm = r
+                .container
+                .as_ref()
+                .map_or_else(|| r.comm.clone(), |c| format!("{}@{c}", r.comm));
             writeln!(
                 out,
                 "{:<8} {:<16} {:>10} {:>9} {:>9} {:>9} {:>16}  {}",
                 r.pid,
-                r.comm,
+                comm,
                 r.sockets.len(),
                 oldest,
                 r.older_than(self.min_age),

@@ -346,3 +346,47 @@ fn watch_names_the_owner_when_someone_else_is_on_the_cpu() {
     assert_eq!(got, want, "we ({}) were on the CPU", my_pid());
     let _ = std::io::stdout().flush();
 }
+
+/// The cgroup2 mount, from mountinfo (it is /sys/fs/cgroup/unified on hybrid hosts).
+fn cgroup2_mount() -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .expect("a cgroup2 mount")
+        .to_owned()
+}
+
+#[test]
+fn a_leak_inside_a_container_names_the_container() {
+    let id = "3f2a1b4c5d6e".to_owned() + &"a".repeat(52);
+    let dir = format!("{}/docker-{id}.scope", cgroup2_mount());
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            // Processes must leave before the cgroup can go.
+            if let Ok(procs) = std::fs::read_to_string(format!("{}/cgroup.procs", self.0)) {
+                let parent = std::path::Path::new(&self.0)
+                    .parent()
+                    .unwrap()
+                    .join("cgroup.procs");
+                for pid in procs.lines() {
+                    let _ = std::fs::write(&parent, pid);
+                }
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let (l, port) = listener("127.0.0.1:0");
+    let sc = Scenario::start("client", 2, port, "127.0.0.1");
+    std::fs::write(format!("{dir}/cgroup.procs"), sc.holder.to_string()).unwrap();
+    close_all_accepted(&l, 2);
+    wait_for_ss(port, 2);
+    let text = run(&["leaks", "--once", "-D", &port.to_string()])
+        .lines
+        .join("\n");
+    assert!(text.contains("python3@3f2a1b4c5d6e"), "{text}");
+    drop(sc);
+}
