@@ -49,13 +49,17 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
+    // -v: our diagnostics and the kernel program's (aya-log records carry the
+    // program's crate as target); -vv: also aya's loader internals.
+    let (ours, others) = match verbose {
+        0 => (log::LevelFilter::Warn, log::LevelFilter::Warn),
+        1 => (log::LevelFilter::Debug, log::LevelFilter::Warn),
+        _ => (log::LevelFilter::Trace, log::LevelFilter::Debug),
     };
     env_logger::Builder::new()
-        .filter_level(level)
+        .filter_level(others)
+        .filter_module("tcptrace", ours)
+        .filter_module("tcptrace_ebpf", ours)
         .format_target(false)
         .init();
 }
