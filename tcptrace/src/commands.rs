@@ -83,12 +83,13 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let probe = probe_config(&args.filter, &args.tuning)?;
-    // The view reads the socket table; no per-transition filtering needed.
+    // The view reads the socket table and rescans /proc on each refresh, so
+    // transitions need neither filtering nor owner lookups here.
     let mut tracer = Tracer::attach(
         &probe,
         Filters::default(),
         args.tuning.max_sockets,
-        Attributor::new(Some(HolderIndex::new())),
+        Attributor::new(None),
     )?;
     tracer.seed_existing(family(&args.filter))?;
     let clear_screen = std::io::IsTerminal::is_terminal(&stdout) && !args.json;

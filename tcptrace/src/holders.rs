@@ -249,6 +249,12 @@ impl HolderIndex {
             .is_none_or(|t| t.elapsed() >= self.min_full_rescan)
     }
 
+    /// Holders as the last scan saw them, without re-checking /proc: right
+    /// after a `full_scan`, checking again would double the readlinks.
+    pub fn cached(&self, inode: u64) -> Vec<Holder> {
+        self.collect(inode)
+    }
+
     fn collect(&self, inode: u64) -> Vec<Holder> {
         let Some(list) = self.by_inode.get(&inode) else {
             return Vec::new();

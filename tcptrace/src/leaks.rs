@@ -246,7 +246,7 @@ impl Collector {
                     l.sport == d.sport && (l.saddr == d.saddr || l.saddr.is_unspecified())
                 })
             {
-                holders = self.index.holders(l.inode, None);
+                holders = self.index.cached(l.inode);
             }
             let server_side = listeners
                 .iter()

@@ -112,15 +112,14 @@ impl Attributor {
             return vec![Owner::task(ev.tgid, &ev.comm)];
         }
         // The fd table is the truth once the socket has a file, but reading it
-        // costs: do it where the answer matters (a socket entering CLOSE_WAIT,
-        // the state leaks are made of) or when nothing else is known.
-        let worth_a_lookup = ev.newstate == TcpState::CloseWait || sock.owner.is_none();
+        // costs a readlink per fd of the process: only when nothing else is
+        // known (a socket that existed before we started, or accepted before
+        // we saw its listener). `leaks` rescans /proc itself for current holders.
         if sock.inode != 0
-            && worth_a_lookup
+            && sock.owner.is_none()
             && let Some(index) = self.holders.as_mut()
         {
-            let hint = sock.owner.as_ref().map(|o| o.pid);
-            let found = index.holders(sock.inode, hint);
+            let found = index.holders(sock.inode, None);
             if !found.is_empty() {
                 return found.iter().map(Owner::from_holder).collect();
             }

@@ -153,7 +153,7 @@ impl Tracer {
             let owner = if matches!(state, TcpState::Listen | TcpState::CloseWait) && d.inode != 0 {
                 self.attributor
                     .holders_mut()
-                    .and_then(|idx| idx.holders(d.inode, None).first().map(Owner::from_holder))
+                    .and_then(|idx| idx.cached(d.inode).first().map(Owner::from_holder))
             } else {
                 None
             };
