@@ -237,7 +237,7 @@ impl Collector {
             };
             seen.insert((tuple, d.inode), ());
             let mut holders = if d.inode != 0 {
-                self.index.holders(d.inode, None)
+                self.index.cached(d.inode)
             } else {
                 Vec::new()
             };
