@@ -156,7 +156,7 @@ fn output_piped_into_head_ends_quietly() {
     let script = format!(
         "{BIN} watch --json -L {port} | head -n 2 > /dev/null; echo \"${{PIPESTATUS[0]}}\""
     );
-    let mut child = Command::new("bash")
+    let child = Command::new("bash")
         .args(["-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 // One module per task (or group of tasks), plus the helpers they share. A new
 // task adds its module here and its variant to `Task`.
+mod bench;
 mod build;
 mod cmd;
 mod setup;
@@ -51,6 +52,8 @@ enum Task {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
+    /// Benchmark tracing overhead under a connection storm and write BENCHMARKS.md; needs root
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build::build(release),
         Task::Run { debug, args, .. } => build::run(!debug, &args),
         Task::Test { args } => test::test(&args),
+        Task::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

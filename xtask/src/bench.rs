@@ -1,0 +1,480 @@
+//! `cargo xtask bench`: what tcptrace costs a machine opening and closing
+//! TCP connections as fast as it can, next to no tracer, libbpf-tools'
+//! tcpstates and a bpftrace one-liner; then memory, `leaks --once` and
+//! start-up at scale. Writes BENCHMARKS.md (see bench/report.rs).
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+mod load;
+mod profile;
+mod report;
+mod scale;
+mod storm;
+mod sys;
+mod tracers;
+
+use load::{Load, LoadChoice};
+use report::{Bench, Machine, Measured, RunRecord};
+use tracers::{Config, Poker, Snapshot, Tools};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Rounds: each configuration runs once per round, between two untraced runs
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Seconds of load per run
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    secs: u64,
+    /// Smoke run: one round of 2 s, fewer scale repetitions; the report goes to target/bench/
+    #[arg(long)]
+    quick: bool,
+    /// The load generator
+    #[arg(long, value_enum, default_value_t = LoadChoice::Auto)]
+    load: LoadChoice,
+    /// Only these configurations (comma list of watch, watch-json, leaks, hist, serve, tcpstates, bpftrace)
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    only: Vec<String>,
+    /// Skip the scale figures (100,000 sockets, leaks --once vs ss, start-up)
+    #[arg(long)]
+    no_scale: bool,
+    /// Skip the perf profile
+    #[arg(long)]
+    no_profile: bool,
+    /// Report file [default: BENCHMARKS.md at the workspace root for a full
+    /// run, target/bench/BENCHMARKS-partial.md otherwise]
+    #[arg(long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Internal: hold N loopback connections open until stdin closes (the
+    /// scale figures' helper processes)
+    #[arg(long, hide = true, value_name = "N")]
+    hold: Option<usize>,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    if let Some(n) = args.hold {
+        return scale::hold(n);
+    }
+    let started = Instant::now();
+    if !crate::setup::is_root() {
+        bail!(
+            "the bench loads BPF programs and sets sysctls: run it as root (`sudo -E cargo xtask bench`)"
+        );
+    }
+    let (rounds, secs) = if args.quick {
+        (1, 2)
+    } else {
+        (args.rounds, args.secs)
+    };
+    let mut configs = vec![Config::Baseline];
+    if args.only.is_empty() {
+        configs.extend(Config::ALL.into_iter().filter(|c| *c != Config::Baseline));
+    } else {
+        for key in &args.only {
+            let c = Config::from_key(key.trim()).with_context(|| {
+                format!(
+                    "--only: unknown configuration '{key}' (one of {})",
+                    Config::ALL.map(Config::key).join(", ")
+                )
+            })?;
+            if !configs.contains(&c) {
+                configs.push(c);
+            }
+        }
+    }
+    let partial = args.quick || !args.only.is_empty() || args.no_scale || args.no_profile;
+    let output = args.output.clone().unwrap_or_else(|| {
+        if partial {
+            crate::target_dir().join("bench").join(if args.quick {
+                "BENCHMARKS-quick.md"
+            } else {
+                "BENCHMARKS-partial.md"
+            })
+        } else {
+            crate::workspace_root().join("BENCHMARKS.md")
+        }
+    });
+
+    // Set-up: packages (nginx, wrk, bpftrace, libbpf-tools, perf), then a release build.
+    if let Err(e) = crate::setup::ensure(false) {
+        println!("bench: set-up incomplete ({e:#}); carrying on with what is installed");
+    }
+    crate::cmd::run(
+        Command::new(crate::cargo())
+            .current_dir(crate::workspace_root())
+            .args(["build", "--release", "-p", "tcptrace"]),
+    )?;
+    let tcptrace = crate::target_dir().join("release").join("tcptrace");
+    if !tcptrace.is_file() {
+        bail!("{} is missing after the build", tcptrace.display());
+    }
+    sys::catch_interrupt();
+    let tools = Tools::find(tcptrace);
+    let unavailable: Vec<(Config, String)> = configs
+        .iter()
+        .filter_map(|&c| tools.unavailable(c).map(|why| (c, why)))
+        .collect();
+    for (c, why) in &unavailable {
+        println!("bench: {}: {why}", c.key());
+    }
+    let traced: Vec<Config> = configs
+        .iter()
+        .copied()
+        .filter(|c| *c != Config::Baseline && tools.unavailable(*c).is_none())
+        .collect();
+
+    let machine_start = machine(&tools);
+    let stats = sys::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+    let stats_was = stats.old().to_owned();
+    let dir = sys::TempDir::new("bench")?;
+    let (mut load, fallback) = Load::start(args.load, dir.path())?;
+    if let Some(f) = &fallback {
+        println!("bench: {f}");
+    }
+    println!("bench: load: {}", load.describe());
+    let poker = Poker::new()?;
+
+    println!("bench: warm-up run ({secs} s, not counted)");
+    let warm = load.run(secs)?;
+    println!(
+        "bench: warm-up: {} conns/s",
+        report::thousands(warm.conns_per_sec)
+    );
+
+    // The sequence: untraced, A, untraced, B, ..., untraced; each round
+    // rotates the order so no configuration always follows the same one.
+    let mut plan: Vec<(u32, Config)> = Vec::new();
+    for round in 1..=rounds {
+        if round == 1 {
+            plan.push((round, Config::Baseline));
+        }
+        let shift = (round as usize - 1) % traced.len().max(1);
+        for i in 0..traced.len() {
+            plan.push((round, traced[(i + shift) % traced.len()]));
+            plan.push((round, Config::Baseline));
+        }
+        if traced.is_empty() && round > 1 {
+            plan.push((round, Config::Baseline));
+        }
+    }
+    let mut runs: Vec<RunRecord> = Vec::new();
+    let mut prog_names: Vec<(Config, String)> = Vec::new();
+    for (i, &(round, config)) in plan.iter().enumerate() {
+        sys::bail_if_interrupted()?;
+        let outcome = measure(&tools, config, &mut load, &poker, secs);
+        let line = match &outcome {
+            Ok((m, _)) => progress(m),
+            Err(e) => format!("failed: {e:#}"),
+        };
+        println!(
+            "bench: [{}/{}] round {round} {}: {line}",
+            i + 1,
+            plan.len(),
+            config.key()
+        );
+        let outcome = outcome.map(|(m, names)| {
+            if !names.is_empty() && !prog_names.iter().any(|(c, _)| *c == config) {
+                prog_names.push((config, names.join("`, `")));
+            }
+            m
+        });
+        runs.push(RunRecord {
+            round,
+            config,
+            outcome: outcome.map_err(|e| format!("{e:#}")),
+        });
+    }
+
+    // Lost events at the in-repo storm's full rate, which is higher than
+    // nginx's: each tcptrace mode once more, under the storm.
+    let mut storm_check: Vec<(Config, Result<Measured, String>)> = Vec::new();
+    let modes: Vec<Config> = traced.iter().copied().filter(|c| c.is_tcptrace()).collect();
+    if !load.is_storm() && !modes.is_empty() {
+        let mut storm = Load::storm()?;
+        println!("bench: lost events under the {}", storm.describe());
+        for config in modes {
+            sys::bail_if_interrupted()?;
+            let outcome = measure(&tools, config, &mut storm, &poker, secs).map(|(m, _)| m);
+            match &outcome {
+                Ok(m) => println!("bench: storm {}: {}", config.key(), progress(m)),
+                Err(e) => println!("bench: storm {}: failed: {e:#}", config.key()),
+            }
+            storm_check.push((config, outcome.map_err(|e| format!("{e:#}"))));
+        }
+    }
+
+    let profile = if args.no_profile {
+        None
+    } else {
+        sys::bail_if_interrupted()?;
+        let config = [Config::WatchJson, Config::Watch]
+            .into_iter()
+            .find(|c| traced.contains(c));
+        config.map(|c| {
+            println!(
+                "bench: profile: perf record -a -g for {secs} s with {}",
+                c.key()
+            );
+            profile::run(&tools, c, &mut load, &poker, secs, dir.path()).map_err(|e| {
+                println!("bench: profile failed: {e:#}");
+                format!("{e:#}")
+            })
+        })
+    };
+    let load_desc = load.describe();
+    let load_name = if load.is_storm() {
+        "in-repo storm"
+    } else {
+        "nginx + wrk"
+    }
+    .to_owned();
+    drop(load);
+
+    let scale = if args.no_scale {
+        None
+    } else {
+        sys::bail_if_interrupted()?;
+        Some(scale::run(
+            &tools,
+            &poker,
+            if args.quick { 3 } else { 10 },
+            dir.path(),
+        ))
+    };
+    sys::bail_if_interrupted()?;
+    drop(stats);
+
+    let mut machine = machine_start;
+    machine.loadavg_end = loadavg();
+    let bench = Bench {
+        machine,
+        load_name,
+        load: load_desc,
+        fallback,
+        rounds,
+        secs,
+        quick: args.quick,
+        stats_was,
+        configs,
+        unavailable,
+        runs,
+        storm_check,
+        scale,
+        profile,
+        prog_names,
+        elapsed: started.elapsed(),
+    };
+    let text = report::render(&bench);
+    if let Some(parent) = output.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(&output, &text).with_context(|| format!("writing {}", output.display()))?;
+    let summaries = report::summarize(&bench);
+    println!("\n{}", report::results_table(&summaries));
+    if let Some(f) = &bench.scale {
+        println!("{}", report::scale_table(f));
+    }
+    println!(
+        "{}",
+        report::targets_table(&report::targets(&bench, &summaries))
+    );
+    println!(
+        "bench: wrote {} in {:.1} min",
+        output.display(),
+        bench.elapsed.as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+fn progress(m: &Measured) -> String {
+    let mut parts = vec![format!("{} conns/s", report::thousands(m.conns))];
+    if let Some(k) = &m.kernel {
+        parts.push(format!(
+            "kernel {} ns/event over {} events",
+            report::thousands(k.ns_per_event),
+            report::thousands(k.events as f64)
+        ));
+    }
+    if let Some(c) = m.cpu_us_per_event {
+        parts.push(format!("CPU {c:.2} µs/event"));
+    }
+    if let Some(l) = m.lost {
+        parts.push(format!("{} lost", report::thousands(l as f64)));
+    }
+    if let Some(r) = m.peak_rss_kib {
+        parts.push(format!("peak RSS {:.1} MiB", r as f64 / 1024.0));
+    }
+    if let Some(n) = &m.note {
+        parts.push(n.clone());
+    }
+    if let Some(e) = &m.load_errors {
+        parts.push(format!("load errors: {e}"));
+    }
+    parts.join(", ")
+}
+
+/// One run: the untraced load, or a tracer started, the load, the tracer
+/// drained and stopped. Also returns the names of the tracer's BPF programs.
+fn measure(
+    tools: &Tools,
+    config: Config,
+    load: &mut Load,
+    poker: &Poker,
+    secs: u64,
+) -> Result<(Measured, Vec<String>)> {
+    if config == Config::Baseline {
+        let run = load.run(secs)?;
+        return Ok((
+            Measured {
+                conns: run.conns_per_sec,
+                load_errors: run.errors,
+                ..Measured::default()
+            },
+            Vec::new(),
+        ));
+    }
+    let tracer = tracers::start(tools, config, poker)?;
+    let pid = tracer.pid();
+    let before = Snapshot::take(pid);
+    let run = load.run(secs);
+    tracers::settle(pid, Duration::from_secs(10));
+    let after = Snapshot::take(pid);
+    let hwm = sys::status_kib(pid, "VmHWM");
+    // Names while the programs are still loaded.
+    let names: Vec<String> = after
+        .progs
+        .iter()
+        .filter_map(|p| sys::prog_name(p.id))
+        .collect();
+    let stopped = tracer.stop();
+    let run = run?;
+    if stopped.exited_early {
+        bail!(
+            "{} exited during the run: {}",
+            config.key(),
+            tracers::tail(&stopped.lines)
+        );
+    }
+    let kernel = tracers::kernel_cost(&before, &after);
+    let cpu_us_per_event = match (&kernel, before.cpu_ticks, after.cpu_ticks) {
+        (Some(k), Some(b), Some(a)) => {
+            Some((a - b) as f64 * 1e6 / sys::clk_tck() as f64 / k.events as f64)
+        }
+        _ => None,
+    };
+    let mut notes = Vec::new();
+    if let Some(s) = &stopped.scrapes {
+        notes.push(format!("{} scrapes ok, {} failed", s.ok, s.failed));
+    }
+    if let Some((_, _, evicted)) = stopped.summary
+        && evicted > 0
+    {
+        notes.push(format!("{evicted} evicted"));
+    }
+    if config.is_tcptrace() && stopped.events().is_none() {
+        notes.push(format!(
+            "no summary line on exit ({})",
+            tracers::tail(&stopped.lines)
+        ));
+    }
+    Ok((
+        Measured {
+            conns: run.conns_per_sec,
+            load_errors: run.errors,
+            cpu_us_per_event,
+            events_reported: stopped.events(),
+            lost: stopped.lost(config),
+            peak_rss_kib: hwm,
+            note: (!notes.is_empty()).then(|| notes.join("; ")),
+            kernel,
+        },
+        names,
+    ))
+}
+
+fn loadavg() -> String {
+    sys::read_trimmed("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn machine(tools: &Tools) -> Machine {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "?".to_owned());
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let git = |args: &[&str]| {
+        crate::cmd::stdout(
+            Command::new("git")
+                .current_dir(crate::workspace_root())
+                .args(args),
+        )
+        .map(|s| s.trim().to_owned())
+    };
+    let mut commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".to_owned());
+    if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) {
+        commit.push_str(" with uncommitted changes");
+    }
+    let date = crate::cmd::stdout(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "?".to_owned());
+    let mut tools_list = vec![(
+        "tcptrace".to_owned(),
+        crate::cmd::stdout(Command::new(&tools.tcptrace).arg("--version"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| "?".to_owned())
+            + " (release build)",
+    )];
+    for package in [
+        "nginx",
+        "wrk",
+        "libbpf-tools",
+        "bpftrace",
+        "bpftool",
+        "linux-perf",
+    ] {
+        if let Some(v) =
+            crate::cmd::stdout(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+                .filter(|v| !v.trim().is_empty())
+        {
+            tools_list.push((package.to_owned(), format!("{} (Debian)", v.trim())));
+        }
+    }
+    let foreign_progs = crate::cmd::stdout(Command::new("bpftool").args(["prog", "show"]))
+        .map(|s| {
+            s.lines()
+                .filter(|l| {
+                    l.contains("name inet_sock_set_s") || l.contains("name handle_set_state")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        model,
+        mem_kib,
+        kernel: sys::read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".to_owned()),
+        date,
+        commit,
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+        tools: tools_list,
+        foreign_progs,
+    }
+}

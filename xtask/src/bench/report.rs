@@ -1,0 +1,874 @@
+//! BENCHMARKS.md: the machine, the method, the results, the scale figures,
+//! the targets with how far each is, and the profile. Every number comes
+//! from the run being reported.
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::profile::Profile;
+use super::scale::{self, Figures};
+use super::tracers::{Config, KernelCost};
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// The targets of issue 6.
+pub const TARGET_KERNEL_NS: f64 = 150.0;
+pub const TARGET_LOSS_QUIET: f64 = 0.03;
+pub const TARGET_LOSS_WATCH_JSON: f64 = 0.10;
+pub const TARGET_RSS_BASE_MIB: f64 = 64.0;
+pub const TARGET_RSS_PER_SOCKET: f64 = 200.0;
+pub const TARGET_ATTACH: Duration = Duration::from_millis(300);
+
+pub struct Machine {
+    pub cpus: usize,
+    pub model: String,
+    pub mem_kib: u64,
+    pub kernel: String,
+    pub date: String,
+    pub commit: String,
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    pub tools: Vec<(String, String)>,
+    /// BPF programs named like a state-change tracer that were loaded by
+    /// others when the bench started (tests running alongside).
+    pub foreign_progs: usize,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Measured {
+    pub conns: f64,
+    pub load_errors: Option<String>,
+    pub kernel: Option<KernelCost>,
+    pub cpu_us_per_event: Option<f64>,
+    pub events_reported: Option<u64>,
+    pub lost: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
+    pub note: Option<String>,
+}
+
+pub struct RunRecord {
+    pub round: u32,
+    pub config: Config,
+    pub outcome: Result<Measured, String>,
+}
+
+pub struct Bench {
+    pub machine: Machine,
+    /// `nginx + wrk` or `in-repo storm`.
+    pub load_name: String,
+    pub load: String,
+    pub fallback: Option<String>,
+    pub rounds: u32,
+    pub secs: u64,
+    pub quick: bool,
+    pub stats_was: String,
+    pub configs: Vec<Config>,
+    pub unavailable: Vec<(Config, String)>,
+    pub runs: Vec<RunRecord>,
+    /// Each tcptrace mode once under the in-repo storm (when the main load was nginx).
+    pub storm_check: Vec<(Config, Result<Measured, String>)>,
+    pub scale: Option<Figures>,
+    pub profile: Option<Result<Profile, String>>,
+    pub prog_names: Vec<(Config, String)>,
+    pub elapsed: Duration,
+}
+
+/// One configuration over every round.
+pub struct Summary {
+    pub config: Config,
+    pub unavailable: Option<String>,
+    pub failures: Vec<String>,
+    pub conns: Vec<f64>,
+    pub ratios: Vec<f64>,
+    pub kernel_ns: Vec<f64>,
+    pub cpu_us: Vec<f64>,
+    pub lost: Option<u64>,
+    pub events: u64,
+    pub rss_kib: Option<u64>,
+    pub notes: Vec<String>,
+}
+
+impl Summary {
+    pub fn ratio(&self) -> Option<f64> {
+        median(&self.ratios)
+    }
+
+    /// Throughput lost to the tracer, as a fraction.
+    pub fn loss(&self) -> Option<f64> {
+        self.ratio().map(|r| 1.0 - r)
+    }
+}
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+fn min_max(v: &[f64]) -> Option<(f64, f64)> {
+    let min = v.iter().copied().reduce(f64::min)?;
+    let max = v.iter().copied().reduce(f64::max)?;
+    Some((min, max))
+}
+
+/// Each traced run over the mean of the untraced runs just before and after it.
+pub fn run_ratios(runs: &[RunRecord]) -> Vec<Option<f64>> {
+    let base = |i: usize| match (&runs[i].config, &runs[i].outcome) {
+        (Config::Baseline, Ok(m)) => Some(m.conns),
+        _ => None,
+    };
+    (0..runs.len())
+        .map(|i| {
+            let Ok(m) = &runs[i].outcome else {
+                return None;
+            };
+            if runs[i].config == Config::Baseline {
+                return None;
+            }
+            let prev = (0..i).rev().find_map(base);
+            let next = (i + 1..runs.len()).find_map(base);
+            let neighbours: Vec<f64> = prev.into_iter().chain(next).collect();
+            let mean = neighbours.iter().sum::<f64>() / neighbours.len() as f64;
+            (!neighbours.is_empty() && mean > 0.0).then(|| m.conns / mean)
+        })
+        .collect()
+}
+
+pub fn summarize(bench: &Bench) -> Vec<Summary> {
+    let ratios = run_ratios(&bench.runs);
+    bench
+        .configs
+        .iter()
+        .map(|&config| {
+            let mut s = Summary {
+                config,
+                unavailable: bench
+                    .unavailable
+                    .iter()
+                    .find(|(c, _)| *c == config)
+                    .map(|(_, why)| why.clone()),
+                failures: Vec::new(),
+                conns: Vec::new(),
+                ratios: Vec::new(),
+                kernel_ns: Vec::new(),
+                cpu_us: Vec::new(),
+                lost: None,
+                events: 0,
+                rss_kib: None,
+                notes: Vec::new(),
+            };
+            for (run, ratio) in bench.runs.iter().zip(&ratios) {
+                if run.config != config {
+                    continue;
+                }
+                match &run.outcome {
+                    Err(e) => s.failures.push(format!("round {}: {e}", run.round)),
+                    Ok(m) => {
+                        s.conns.push(m.conns);
+                        s.ratios.extend(*ratio);
+                        if let Some(k) = &m.kernel {
+                            s.kernel_ns.push(k.ns_per_event);
+                            s.events += k.events;
+                        }
+                        s.cpu_us.extend(m.cpu_us_per_event);
+                        if let Some(l) = m.lost {
+                            s.lost = Some(s.lost.unwrap_or(0) + l);
+                        }
+                        s.rss_kib = s.rss_kib.max(m.peak_rss_kib);
+                        if let Some(n) = &m.note
+                            && !s.notes.contains(n)
+                        {
+                            s.notes.push(n.clone());
+                        }
+                        if let Some(e) = &m.load_errors {
+                            s.notes.push(format!("round {}: load: {e}", run.round));
+                        }
+                    }
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn durations_ms(v: &[Duration]) -> Vec<f64> {
+    v.iter().map(|d| d.as_secs_f64() * 1e3).collect()
+}
+
+fn med_range(v: &[f64], unit: &str, digits: usize) -> String {
+    match (median(v), min_max(v)) {
+        (Some(m), Some((lo, hi))) if v.len() > 1 => {
+            format!("{m:.digits$} {unit} ({lo:.digits$}–{hi:.digits$})")
+        }
+        (Some(m), _) => format!("{m:.digits$} {unit}"),
+        _ => "—".to_owned(),
+    }
+}
+
+/// The results table, as printed at the end of the run and in the report.
+pub fn results_table(summaries: &[Summary]) -> String {
+    let mut t = String::new();
+    t.push_str("| Configuration | conns/s median (min–max) | vs untraced | kernel ns/event | tracer CPU µs/event | lost / events | peak RSS |\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for s in summaries {
+        if let Some(why) = &s.unavailable {
+            let _ = writeln!(t, "| {} | {why} | | | | | |", s.config.label());
+            continue;
+        }
+        if s.conns.is_empty() {
+            let _ = writeln!(
+                t,
+                "| {} | failed: {} | | | | | |",
+                s.config.label(),
+                s.failures.first().map_or("no run", String::as_str)
+            );
+            continue;
+        }
+        let conns = match (median(&s.conns), min_max(&s.conns)) {
+            (Some(m), Some((lo, hi))) => {
+                format!("{} ({}–{})", thousands(m), thousands(lo), thousands(hi))
+            }
+            _ => "—".to_owned(),
+        };
+        let ratio = match s.config {
+            Config::Baseline => "1.00".to_owned(),
+            _ => s.ratio().map_or("—".to_owned(), |r| {
+                format!("{r:.3} ({:+.1}%)", (r - 1.0) * 100.0)
+            }),
+        };
+        let kernel = median(&s.kernel_ns).map_or("—".to_owned(), thousands);
+        let cpu = median(&s.cpu_us).map_or("—".to_owned(), |c| format!("{c:.2}"));
+        let lost = match (s.config, s.lost) {
+            (Config::Baseline, _) => "—".to_owned(),
+            (Config::Bpftrace, None) => format!("n/a (map) / {}", thousands(s.events as f64)),
+            (_, Some(l)) => format!("{} / {}", thousands(l as f64), thousands(s.events as f64)),
+            (_, None) => format!("? / {}", thousands(s.events as f64)),
+        };
+        let rss = s.rss_kib.map_or("—".to_owned(), mib);
+        let _ = writeln!(
+            t,
+            "| {} | {conns} | {ratio} | {kernel} | {cpu} | {lost} | {rss} |",
+            s.config.label()
+        );
+    }
+    t
+}
+
+/// One row of the targets table.
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    pub met: Option<bool>,
+    pub gap: String,
+}
+
+pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let ran = |c: Config| {
+        summaries
+            .iter()
+            .find(|s| s.config == c && !s.conns.is_empty())
+    };
+    // Kernel cost: every tcptrace mode (watch, leaks and serve share one
+    // program; hist aggregates in the kernel).
+    let per_mode: Vec<(Config, f64)> = summaries
+        .iter()
+        .filter(|s| s.config.is_tcptrace())
+        .filter_map(|s| median(&s.kernel_ns).map(|k| (s.config, k)))
+        .collect();
+    let kernel_what =
+        format!("state-change program ≤ {TARGET_KERNEL_NS:.0} ns/event in the kernel");
+    match per_mode.iter().map(|m| m.1).reduce(f64::max) {
+        Some(worst) => out.push(Target {
+            what: kernel_what,
+            measured: per_mode
+                .iter()
+                .map(|(c, ns)| format!("{}: {} ns", c.key(), thousands(*ns)))
+                .collect::<Vec<_>>()
+                .join("; "),
+            met: Some(worst <= TARGET_KERNEL_NS),
+            gap: if worst <= TARGET_KERNEL_NS {
+                format!("{} ns to spare", thousands(TARGET_KERNEL_NS - worst))
+            } else {
+                format!(
+                    "worst {:.1}× the target (+{} ns)",
+                    worst / TARGET_KERNEL_NS,
+                    thousands(worst - TARGET_KERNEL_NS)
+                )
+            },
+        }),
+        None => out.push(not_measured(kernel_what)),
+    }
+    for (config, limit) in [
+        (Config::Leaks, TARGET_LOSS_QUIET),
+        (Config::Hist, TARGET_LOSS_QUIET),
+        (Config::Serve, TARGET_LOSS_QUIET),
+        (Config::WatchJson, TARGET_LOSS_WATCH_JSON),
+    ] {
+        let what = format!(
+            "`{}` costs ≤ {:.0}% of the throughput",
+            config.key().replace('-', " --"),
+            limit * 100.0
+        );
+        if !bench.configs.contains(&config) {
+            continue;
+        }
+        let Some(s) = ran(config) else {
+            let why = summaries
+                .iter()
+                .find(|s| s.config == config)
+                .and_then(|s| {
+                    s.unavailable
+                        .clone()
+                        .or_else(|| s.failures.first().cloned())
+                })
+                .unwrap_or_else(|| "did not run".to_owned());
+            out.push(Target {
+                what,
+                measured: why,
+                met: None,
+                gap: "not measured".to_owned(),
+            });
+            continue;
+        };
+        out.push(match s.loss() {
+            Some(loss) => Target {
+                what,
+                measured: format!("{:.1}% lost", loss * 100.0),
+                met: Some(loss <= limit),
+                gap: if loss <= limit {
+                    format!("{:.1} points to spare", (limit - loss) * 100.0)
+                } else {
+                    format!("{:.1} points over", (loss - limit) * 100.0)
+                },
+            },
+            None => not_measured(what),
+        });
+    }
+    let modes: Vec<&Summary> = summaries
+        .iter()
+        .filter(|s| s.config.is_tcptrace() && !s.conns.is_empty())
+        .collect();
+    let main_load: Vec<(Config, Option<u64>, u64)> =
+        modes.iter().map(|s| (s.config, s.lost, s.events)).collect();
+    if !main_load.is_empty() {
+        out.push(lost_target(
+            &format!(
+                "no event lost in any mode at full rate ({})",
+                bench.load_name
+            ),
+            &main_load,
+        ));
+    }
+    let storm: Vec<(Config, Option<u64>, u64)> = bench
+        .storm_check
+        .iter()
+        .filter_map(|(c, m)| {
+            let m = m.as_ref().ok()?;
+            Some((*c, m.lost, m.kernel.as_ref().map_or(0, |k| k.events)))
+        })
+        .collect();
+    if !storm.is_empty() {
+        out.push(lost_target(
+            "no event lost in any mode at full rate (in-repo storm)",
+            &storm,
+        ));
+    }
+    let rss_what = format!(
+        "RSS ≤ {TARGET_RSS_BASE_MIB:.0} MiB + {TARGET_RSS_PER_SOCKET:.0} B per tracked socket"
+    );
+    if let Some(peak) = modes.iter().filter_map(|s| s.rss_kib).max() {
+        let limit = TARGET_RSS_BASE_MIB * MIB;
+        let got = peak as f64 * 1024.0;
+        out.push(Target {
+            what: format!("{rss_what}: under load (few sockets tracked at once)"),
+            measured: format!("{} (largest of the modes)", mib(peak)),
+            met: Some(got <= limit),
+            gap: rss_gap(got, limit),
+        });
+    }
+    if let Some(Figures { tracked: Ok(t), .. }) = &bench.scale {
+        let limit = TARGET_RSS_BASE_MIB * MIB + TARGET_RSS_PER_SOCKET * t.sockets as f64;
+        let worst = t.hwm_kib.max(t.seeded_hwm_kib.unwrap_or(0));
+        let got = worst as f64 * 1024.0;
+        out.push(Target {
+            what: format!(
+                "{rss_what}: {} sockets (budget {})",
+                thousands(t.sockets as f64),
+                mib((limit / 1024.0) as u64)
+            ),
+            measured: format!(
+                "{} peak tracking them as they open ({:.0} B per socket over idle); {} peak when found at start",
+                mib(t.hwm_kib),
+                t.bytes_per_socket(),
+                t.seeded_hwm_kib.map_or("—".to_owned(), mib)
+            ),
+            met: Some(got <= limit),
+            gap: rss_gap(got, limit),
+        });
+    }
+    if let Some(Figures {
+        leaks_once: Ok(l), ..
+    }) = &bench.scale
+    {
+        let (lk, ss) = (
+            median(&durations_ms(&l.leaks)).unwrap_or(f64::NAN),
+            median(&durations_ms(&l.ss)).unwrap_or(f64::NAN),
+        );
+        out.push(Target {
+            what: format!(
+                "`leaks --once` faster than `ss -tanp state close-wait` ({} CLOSE_WAIT)",
+                thousands(l.sockets as f64)
+            ),
+            measured: format!("{lk:.0} ms vs {ss:.0} ms (medians)"),
+            met: Some(lk < ss),
+            gap: if lk < ss {
+                format!("{:.2}× faster", ss / lk)
+            } else {
+                format!("{:.2}× slower (+{:.0} ms)", lk / ss, lk - ss)
+            },
+        });
+    }
+    if let Some(Figures { attach: Ok(a), .. }) = &bench.scale {
+        let v = durations_ms(a);
+        let med = median(&v).unwrap_or(f64::NAN);
+        let limit = TARGET_ATTACH.as_secs_f64() * 1e3;
+        out.push(Target {
+            what: format!("attached ≤ {limit:.0} ms after start"),
+            measured: format!(
+                "{med:.0} ms median, {:.0} ms worst",
+                min_max(&v).map_or(f64::NAN, |m| m.1)
+            ),
+            met: Some(med <= limit),
+            gap: if med <= limit {
+                format!("{:.0} ms to spare", limit - med)
+            } else {
+                format!("+{:.0} ms", med - limit)
+            },
+        });
+    }
+    out
+}
+
+/// Modes with (lost, events): met when every mode reports 0 lost.
+fn lost_target(what: &str, modes: &[(Config, Option<u64>, u64)]) -> Target {
+    let lossy: Vec<String> = modes
+        .iter()
+        .filter(|m| m.1 != Some(0))
+        .map(|(c, lost, events)| match lost {
+            Some(l) => format!(
+                "{}: {} of {}",
+                c.key(),
+                thousands(*l as f64),
+                thousands(*events as f64)
+            ),
+            None => format!("{}: not reported", c.key()),
+        })
+        .collect();
+    let total: u64 = modes.iter().filter_map(|m| m.1).sum();
+    Target {
+        what: what.to_owned(),
+        measured: if lossy.is_empty() {
+            format!("0 lost in {} modes", modes.len())
+        } else {
+            lossy.join("; ")
+        },
+        met: Some(lossy.is_empty()),
+        gap: if lossy.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("{} events lost", thousands(total as f64))
+        },
+    }
+}
+
+fn not_measured(what: String) -> Target {
+    Target {
+        what,
+        measured: "not measured".to_owned(),
+        met: None,
+        gap: "—".to_owned(),
+    }
+}
+
+fn rss_gap(got: f64, limit: f64) -> String {
+    if got <= limit {
+        format!("{:.1} MiB to spare", (limit - got) / MIB)
+    } else {
+        format!("+{:.1} MiB over", (got - limit) / MIB)
+    }
+}
+
+pub fn targets_table(targets: &[Target]) -> String {
+    let mut t = String::from("| Target | Measured | Met | Gap |\n|---|---|---|---|\n");
+    for x in targets {
+        let met = match x.met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        let _ = writeln!(t, "| {} | {} | {met} | {} |", x.what, x.measured, x.gap);
+    }
+    t
+}
+
+pub fn scale_table(f: &Figures) -> String {
+    let mut t = String::from("| Figure | Value |\n|---|---|\n");
+    match &f.tracked {
+        Ok(x) => {
+            let _ = writeln!(
+                t,
+                "| `tcptrace watch` RSS, attached and idle | {} |",
+                mib(x.rss_idle_kib)
+            );
+            let _ = writeln!(
+                t,
+                "| … with {} sockets opened after it attached ({} loopback connections, opened in {:.1} s) | {} RSS, {} peak: {:.0} B per socket |",
+                thousands(x.sockets as f64),
+                thousands((x.sockets / 2) as f64),
+                x.open_secs,
+                mib(x.rss_kib),
+                mib(x.hwm_kib),
+                x.bytes_per_socket()
+            );
+            let _ = writeln!(
+                t,
+                "| … its summary | {} events, {} lost, {} evicted |",
+                x.events.map_or("?".to_owned(), |v| thousands(v as f64)),
+                x.lost.map_or("?".to_owned(), |v| thousands(v as f64)),
+                x.evicted.map_or("?".to_owned(), |v| thousands(v as f64)),
+            );
+            let _ = writeln!(
+                t,
+                "| A second `tcptrace watch` started with them open (seeded from sock_diag) | attached in {}, peak RSS {} |",
+                x.seeded_attach.map_or("—".to_owned(), ms),
+                x.seeded_hwm_kib.map_or("—".to_owned(), mib)
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                t,
+                "| RSS with {} tracked sockets | failed: {e:#} |",
+                thousands(scale::TRACKED_SOCKETS as f64)
+            );
+        }
+    }
+    match &f.leaks_once {
+        Ok(l) => {
+            let _ = writeln!(
+                t,
+                "| `tcptrace leaks --once` over {} CLOSE_WAIT sockets ({} runs) | {} |",
+                thousands(l.sockets as f64),
+                l.leaks.len(),
+                med_range(&durations_ms(&l.leaks), "ms", 0)
+            );
+            let _ = writeln!(
+                t,
+                "| `ss -tanp state close-wait` on the same sockets ({} runs) | {} |",
+                l.ss.len(),
+                med_range(&durations_ms(&l.ss), "ms", 0)
+            );
+            let _ = writeln!(
+                t,
+                "| Sockets listed: `ss` (whole machine) / `leaks --once --json` (the bench's) | {} / {} |",
+                thousands(l.ss_listed as f64),
+                l.leaks_found
+                    .map_or("?".to_owned(), |v| thousands(v as f64))
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(t, "| `leaks --once` vs `ss` | failed: {e:#} |");
+        }
+    }
+    match &f.attach {
+        Ok(a) => {
+            let _ = writeln!(
+                t,
+                "| `tcptrace watch`: start to \"attached\" on stderr ({} runs) | {} |",
+                a.len(),
+                med_range(&durations_ms(a), "ms", 0)
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(t, "| start to attached | failed: {e:#} |");
+        }
+    }
+    t
+}
+
+pub fn render(bench: &Bench) -> String {
+    let summaries = summarize(bench);
+    let targets = targets(bench, &summaries);
+    let m = &bench.machine;
+    let mut r = String::new();
+    r.push_str("# Benchmarks\n\n");
+    let _ = writeln!(
+        r,
+        "Written by `cargo xtask bench{}` ({:.1} min); rerun it rather than editing this file.\n",
+        if bench.quick { " --quick" } else { "" },
+        bench.elapsed.as_secs_f64() / 60.0
+    );
+    if bench.quick {
+        r.push_str(
+            "**Quick smoke run** (`--quick`: one round of 2 s): checks that the bench works, not for quoting.\n\n",
+        );
+    }
+    r.push_str("## Machine\n\n| | |\n|---|---|\n");
+    let _ = writeln!(r, "| CPUs | {} × {} |", m.cpus, m.model);
+    let _ = writeln!(r, "| Memory | {:.1} GiB |", m.mem_kib as f64 / MIB);
+    let _ = writeln!(r, "| Kernel | {} |", m.kernel);
+    let _ = writeln!(r, "| Date | {} |", m.date);
+    let _ = writeln!(r, "| Commit | {} |", m.commit);
+    let _ = writeln!(
+        r,
+        "| Load average (1, 5, 15 min) | {} at start, {} at end |",
+        m.loadavg_start, m.loadavg_end
+    );
+    if m.foreign_progs > 0 {
+        let _ = writeln!(
+            r,
+            "| Other state-change BPF programs loaded at start | {} (other tools or tests were running: figures are noisier) |",
+            m.foreign_progs
+        );
+    }
+    for (tool, version) in &m.tools {
+        let _ = writeln!(r, "| {tool} | {version} |");
+    }
+    r.push_str("\n## Method\n\n");
+    let _ = writeln!(r, "- Load: {}.", bench.load);
+    if let Some(f) = &bench.fallback {
+        let _ = writeln!(r, "- **Fallback:** {f}.");
+    }
+    let _ = writeln!(
+        r,
+        "- {} round(s) of {} s per run after a discarded warm-up run. Each round runs every configuration once between two untraced runs (untraced, A, untraced, B, …, untraced), in an order rotated by one each round. conns/s: median (min–max) over the rounds. vs untraced: each traced run divided by the mean of the untraced runs just before and after it; the median of those ratios.",
+        bench.rounds, bench.secs
+    );
+    let _ = writeln!(
+        r,
+        "- Kernel ns/event: `kernel.bpf_stats_enabled=1` for the whole bench (it was {}; restored after); the deltas of `run_time_ns` and `run_cnt` (the counters `bpftool prog show` prints) of the BPF programs the tracer holds open — found through its fds' fdinfo, since tcptrace's and bpftrace's programs share the kernel name `inet_sock_set_s` — from attached to drained: all its programs' time over the runs of its busiest one (one run per state change). The stats themselves add about 20 ns per run, included.",
+        bench.stats_was
+    );
+    r.push_str("- Tracer CPU: utime+stime of the tracer (/proc/PID/stat) over the same window, over the same event count. Lost: tcptrace's exit summary (`N events, M lost, K evicted` on SIGINT), tcpstates' `lost N events` warnings; bpftrace counts in a map and cannot lose. events: state changes the program ran for. Peak RSS: VmHWM just before stopping.\n");
+    r.push_str("- Each tracer is started and proven attached (a test connection moves its program's run count) before its run, left to drain after it (until its CPU time stops moving), then stopped with SIGINT.\n");
+    if !bench.prog_names.is_empty() {
+        let names: Vec<String> = bench
+            .prog_names
+            .iter()
+            .map(|(c, n)| format!("{} `{n}`", c.key()))
+            .collect();
+        let _ = writeln!(r, "- Kernel program names seen: {}.", names.join(", "));
+    }
+    r.push_str("\n## Results\n\n");
+    r.push_str(&results_table(&summaries));
+    let notes: Vec<String> = summaries
+        .iter()
+        .flat_map(|s| {
+            s.failures
+                .iter()
+                .map(move |f| format!("{}: failed {f}", s.config.key()))
+                .chain(
+                    s.notes
+                        .iter()
+                        .map(move |n| format!("{}: {n}", s.config.key())),
+                )
+        })
+        .collect();
+    if !notes.is_empty() {
+        r.push('\n');
+        for n in notes {
+            let _ = writeln!(r, "- {n}");
+        }
+    }
+    if !bench.storm_check.is_empty() {
+        r.push_str("\n### Lost events under the in-repo storm\n\nEach tcptrace mode once more, under the in-repo storm (a higher connection rate than nginx's here), for the lost-events target:\n\n");
+        r.push_str("| Configuration | conns/s | kernel ns/event | tracer CPU µs/event | lost / events |\n|---|---:|---:|---:|---:|\n");
+        for (config, outcome) in &bench.storm_check {
+            match outcome {
+                Ok(m) => {
+                    let events = m.kernel.as_ref().map_or(0, |k| k.events);
+                    let _ = writeln!(
+                        r,
+                        "| {} | {} | {} | {} | {} / {} |",
+                        config.label(),
+                        thousands(m.conns),
+                        m.kernel
+                            .as_ref()
+                            .map_or("—".to_owned(), |k| thousands(k.ns_per_event)),
+                        m.cpu_us_per_event
+                            .map_or("—".to_owned(), |c| format!("{c:.2}")),
+                        m.lost.map_or("?".to_owned(), |l| thousands(l as f64)),
+                        thousands(events as f64)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(r, "| {} | failed: {e} | | | |", config.label());
+                }
+            }
+        }
+    }
+    if let Some(f) = &bench.scale {
+        r.push_str("\n## Scale\n\n");
+        r.push_str(&scale_table(f));
+    }
+    r.push_str("\n## Targets\n\n");
+    r.push_str(&targets_table(&targets));
+    if let Some(floor) = summaries
+        .iter()
+        .find(|s| s.config == Config::Bpftrace)
+        .and_then(|s| median(&s.kernel_ns))
+    {
+        let _ = writeln!(
+            r,
+            "\nCalibration: the floor, the bpftrace one-liner that only counts transitions in a map, costs {} ns/event on this machine (with stats enabled); the {TARGET_KERNEL_NS:.0} ns target was set where that floor is about 83 ns.",
+            thousands(floor)
+        );
+    }
+    match &bench.profile {
+        Some(Ok(p)) => {
+            let _ = writeln!(
+                r,
+                "\n## Profile\n\n`perf record -e cpu-clock -a -g` for {} s of load with {} ({} conns/s during the profile).\n",
+                p.secs,
+                p.config.label(),
+                thousands(p.conns_per_sec)
+            );
+            r.push_str("Whole machine, by self time (top 20):\n\n```\n");
+            r.push_str(&p.top);
+            r.push_str("```\n\nThe tracing path in the kernel, with children (share of all samples):\n\n```\n");
+            r.push_str(&p.tracing_path);
+            r.push_str(
+                "```\n\nThe tracer process alone, with children (share of its samples; user-space call chains need frame pointers, so they are partial):\n\n```\n",
+            );
+            r.push_str(&p.tracer);
+            r.push_str("```\n");
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(r, "\n## Profile\n\nNot taken: {e}");
+        }
+        None => {}
+    }
+    if let Some(Figures {
+        leaks_once: Ok(l), ..
+    }) = &bench.scale
+    {
+        match &l.profile {
+            Ok(p) => {
+                let _ = writeln!(
+                    r,
+                    "\n`perf record -g` of one `tcptrace leaks --once` over {} CLOSE_WAIT sockets, with children:\n\n```\n{p}```",
+                    thousands(l.sockets as f64)
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(r, "\nNo profile of `leaks --once`: {e}");
+            }
+        }
+    }
+    r.push_str("\n## Every run\n\n<details><summary>In the order they ran</summary>\n\n");
+    r.push_str("| # | Round | Configuration | conns/s | vs neighbours | kernel ns/event | program runs / tracer's events | CPU µs/event | lost | peak RSS |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let ratios = run_ratios(&bench.runs);
+    for (i, (run, ratio)) in bench.runs.iter().zip(&ratios).enumerate() {
+        match &run.outcome {
+            Ok(m) => {
+                let _ = writeln!(
+                    r,
+                    "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                    i + 1,
+                    run.round,
+                    run.config.key(),
+                    thousands(m.conns),
+                    ratio.map_or("—".to_owned(), |x| format!("{x:.3}")),
+                    m.kernel
+                        .as_ref()
+                        .map_or("—".to_owned(), |k| thousands(k.ns_per_event)),
+                    m.kernel
+                        .as_ref()
+                        .map_or("—".to_owned(), |k| thousands(k.events as f64)),
+                    m.events_reported
+                        .map_or("—".to_owned(), |e| thousands(e as f64)),
+                    m.cpu_us_per_event
+                        .map_or("—".to_owned(), |c| format!("{c:.2}")),
+                    m.lost.map_or("—".to_owned(), |l| thousands(l as f64)),
+                    m.peak_rss_kib.map_or("—".to_owned(), mib),
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    r,
+                    "| {} | {} | {} | failed: {e} | | | | | | |",
+                    i + 1,
+                    run.round,
+                    run.config.key()
+                );
+            }
+        }
+    }
+    r.push_str("\n</details>\n");
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_thousands() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(-1000.0), "-1,000");
+    }
+
+    #[test]
+    fn ratios_use_neighbouring_baselines() {
+        let run = |config, conns| RunRecord {
+            round: 1,
+            config,
+            outcome: Ok(Measured {
+                conns,
+                ..Measured::default()
+            }),
+        };
+        let runs = vec![
+            run(Config::Baseline, 100.0),
+            run(Config::Watch, 45.0),
+            run(Config::Baseline, 80.0),
+            run(Config::Leaks, 40.0),
+        ];
+        let r = run_ratios(&runs);
+        assert_eq!(r[0], None);
+        assert_eq!(r[1], Some(0.5));
+        assert_eq!(r[3], Some(0.5));
+    }
+}

@@ -1,0 +1,154 @@
+//! The in-repo connection storm: a loopback server that accepts, writes two
+//! bytes and closes, and client threads that connect, read to EOF and close,
+//! as fast as they can. Like nginx's `return 200` under
+//! `wrk -H "Connection: close"`: the server closes first, so each connection
+//! makes the same ten state transitions (five per end) and the TIME_WAIT
+//! sockets are the server's, which leaves the clients' ephemeral ports free.
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+pub struct Storm {
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    acceptors: Vec<JoinHandle<()>>,
+}
+
+/// What one storm run did.
+pub struct StormRun {
+    pub conns_per_sec: f64,
+    pub errors: u64,
+}
+
+impl Storm {
+    /// A server with `acceptors` threads; each run uses `clients` threads.
+    pub fn start(clients: usize, acceptors: usize) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("storm: binding a listener")?;
+        let addr = listener.local_addr()?;
+        let listener = Arc::new(listener);
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptors = (0..acceptors.max(1))
+            .map(|_| {
+                let listener = Arc::clone(&listener);
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || serve(&listener, &stop))
+            })
+            .collect();
+        Ok(Self {
+            addr,
+            clients: clients.max(1),
+            stop,
+            acceptors,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "in-repo storm: {} client threads connect, read to EOF and close; {} acceptor thread(s) accept, write 2 bytes and close ({})",
+            self.clients,
+            self.acceptors.len(),
+            self.addr
+        )
+    }
+
+    /// Runs the clients for `secs`; completed connections per second.
+    pub fn run(&self, secs: Duration) -> StormRun {
+        let done = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let until = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let clients: Vec<_> = (0..self.clients)
+            .map(|_| {
+                let (done, errors, until) =
+                    (Arc::clone(&done), Arc::clone(&errors), Arc::clone(&until));
+                let addr = self.addr;
+                thread::spawn(move || client(addr, &until, &done, &errors))
+            })
+            .collect();
+        while start.elapsed() < secs && !super::sys::interrupted() {
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Count what finished within the window only.
+        let completed = done.load(Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        until.store(true, Ordering::Relaxed);
+        for c in clients {
+            let _ = c.join();
+        }
+        StormRun {
+            conns_per_sec: completed as f64 / elapsed.as_secs_f64(),
+            errors: errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake every acceptor blocked in accept().
+        for _ in &self.acceptors {
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        }
+        for a in self.acceptors.drain(..) {
+            let _ = a.join();
+        }
+    }
+}
+
+fn serve(listener: &TcpListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                // The client sends nothing, so closing sends a FIN, not a RST.
+                let _ = conn.write_all(b"ok");
+            }
+            Err(_) => thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+fn client(addr: SocketAddr, until: &AtomicBool, done: &AtomicU64, errors: &AtomicU64) {
+    let mut buf = [0u8; 64];
+    while !until.load(Ordering::Relaxed) {
+        let mut conn = match TcpStream::connect(addr) {
+            Ok(c) => c,
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let ok = loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        drop(conn);
+        if ok {
+            done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storm_completes_connections() {
+        let storm = Storm::start(2, 1).unwrap();
+        let run = storm.run(Duration::from_millis(300));
+        assert!(run.conns_per_sec > 100.0, "{}", run.conns_per_sec);
+    }
+}

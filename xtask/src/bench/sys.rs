@@ -1,0 +1,453 @@
+//! What the bench reads from and does to the system: /proc, BPF program
+//! statistics, sysctls, signals, rlimits, and child processes whose stderr
+//! is watched line by line.
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+pub const SIGINT: i32 = 2;
+pub const SIGTERM: i32 = 15;
+const RLIMIT_NOFILE: i32 = 7;
+const SC_CLK_TCK: i32 = 2;
+
+#[repr(C)]
+struct RLimit {
+    cur: u64,
+    max: u64,
+}
+
+// The few libc calls the bench needs, declared here rather than adding a
+// dependency to xtask.
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
+    fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
+    fn sysconf(name: i32) -> i64;
+    fn signal(signum: i32, handler: usize) -> usize;
+}
+
+/// Sends `sig` to `pid`; false when the process is gone.
+pub fn send_signal(pid: u32, sig: i32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) with a positive pid touches no memory of ours.
+    unsafe { kill(pid, sig) == 0 }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_sig: i32) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C sets a flag that the bench checks between runs, so it stops
+/// cleanly: nginx stopped, sysctls restored, temporary files removed.
+pub fn catch_interrupt() {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        signal(SIGINT, on_sigint as *const () as usize);
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+pub fn bail_if_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// RLIMIT_NOFILE: (soft, hard).
+pub fn nofile() -> (u64, u64) {
+    let mut lim = RLimit { cur: 0, max: 0 };
+    // SAFETY: getrlimit writes one struct rlimit, which `lim` is.
+    if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
+        return (1024, 1024);
+    }
+    (lim.cur, lim.max)
+}
+
+/// The most files one process may open here: the hard RLIMIT_NOFILE, or
+/// fs.nr_open when we may raise the hard limit (CAP_SYS_RESOURCE, which
+/// containers often drop).
+pub fn nofile_reachable() -> u64 {
+    let (_, hard) = nofile();
+    let nr_open = read_trimmed("/proc/sys/fs/nr_open")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let probe = RLimit {
+        cur: nofile().0,
+        max: nr_open,
+    };
+    // SAFETY: setrlimit reads one struct rlimit. Raising the hard limit
+    // only succeeds with CAP_SYS_RESOURCE; then nr_open is reachable.
+    if hard < nr_open && unsafe { setrlimit(RLIMIT_NOFILE, &probe) } == 0 {
+        return nr_open;
+    }
+    hard.min(nr_open)
+}
+
+/// Raises the soft RLIMIT_NOFILE (and the hard one when allowed) towards
+/// `want`; returns the soft limit now, which may be less than `want`.
+pub fn raise_nofile(want: u64) -> u64 {
+    let (cur, _) = nofile();
+    if cur >= want {
+        return cur;
+    }
+    let target = want.min(nofile_reachable());
+    let (_, hard) = nofile();
+    let new = RLimit {
+        cur: target,
+        max: hard.max(target),
+    };
+    // SAFETY: setrlimit reads one struct rlimit.
+    unsafe { setrlimit(RLIMIT_NOFILE, &new) };
+    nofile().0
+}
+
+pub fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { sysconf(SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+pub fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+}
+
+/// utime + stime of every thread of `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `kB` line of /proc/PID/status, e.g. `VmHWM` (peak RSS) or `VmRSS`.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix(key)?.strip_prefix(':')?;
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// One BPF program's counters, as `bpftool prog show` reports them (the
+/// kernel fills `run_time_ns`/`run_cnt` only while `kernel.bpf_stats_enabled=1`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    pub id: u32,
+    pub prog_type: u32,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// The BPF programs `pid` holds open, found through its fds' fdinfo rather
+/// than by name: tcptrace's and bpftrace's programs are both called
+/// `inet_sock_set_s` in the kernel, and tests running next to the bench
+/// load tcptrace's program too.
+pub fn bpf_progs(pid: u32) -> Vec<ProgStats> {
+    let mut progs: Vec<ProgStats> = Vec::new();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return progs;
+    };
+    for fd in fds.flatten() {
+        let Ok(link) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        if link.as_os_str() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let info_path = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let Ok(info) = fs::read_to_string(info_path) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u64> {
+            info.lines().find_map(|l| {
+                let v = l.strip_prefix(name)?.strip_prefix(':')?;
+                v.trim().parse().ok()
+            })
+        };
+        let Some(id) = field("prog_id").and_then(|v| u32::try_from(v).ok()) else {
+            continue;
+        };
+        if progs.iter().any(|p| p.id == id) {
+            continue;
+        }
+        progs.push(ProgStats {
+            id,
+            prog_type: field("prog_type")
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0),
+            run_time_ns: field("run_time_ns").unwrap_or(0),
+            run_cnt: field("run_cnt").unwrap_or(0),
+        });
+    }
+    progs.sort_by_key(|p| p.id);
+    progs
+}
+
+/// The program's name as the kernel stores it (15 characters at most), from
+/// `bpftool prog show id ID`.
+pub fn prog_name(id: u32) -> Option<String> {
+    let out = crate::cmd::stdout(Command::new("bpftool").args([
+        "prog",
+        "show",
+        "id",
+        &id.to_string(),
+        "-j",
+    ]))?;
+    let rest = &out[out.find("\"name\":\"")? + 8..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// A sysctl set for the bench's lifetime, restored on drop.
+pub struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    pub fn set(name: &str, value: &str) -> Result<Self> {
+        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+        let old = read_trimmed(&path).with_context(|| format!("reading {name}"))?;
+        fs::write(&path, value).with_context(|| format!("setting {name}={value}"))?;
+        Ok(Self { path, old })
+    }
+
+    pub fn old(&self) -> &str {
+        &self.old
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.old) {
+            eprintln!(
+                "xtask: restoring {} to {}: {e}",
+                self.path.display(),
+                self.old
+            );
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("tcptrace-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process whose stderr lines are collected as they come, stopped
+/// (SIGINT, then SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    started: Instant,
+    rx: Receiver<(Instant, String)>,
+    reader: Option<JoinHandle<()>>,
+    lines: Vec<String>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdin closed, stdout to /dev/null unless the caller
+    /// chose, and stderr captured.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            started,
+            rx,
+            reader: Some(reader),
+            lines: Vec::new(),
+            status: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `needle`; the time from spawn to
+    /// that line. `None` on timeout or when the process ends first.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok((at, line)) => {
+                    let hit = line.contains(needle);
+                    self.lines.push(line);
+                    if hit {
+                        return Some(at.duration_since(self.started));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline || interrupted() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.status = Some(status);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// SIGINT (the way a user stops a tracer, so it prints its summary),
+    /// SIGKILL after `grace`; returns every stderr line.
+    pub fn stop(&mut self, grace: Duration) -> Vec<String> {
+        if self.running() {
+            send_signal(self.pid(), SIGINT);
+            let deadline = Instant::now() + grace;
+            while self.running() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if self.running() {
+                let _ = self.child.kill();
+                self.status = self.child.wait().ok();
+            }
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        while let Ok((_, line)) = self.rx.try_recv() {
+            self.lines.push(line);
+        }
+        self.lines.clone()
+    }
+
+    /// Stops with SIGTERM instead (servers such as nginx).
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.running() {
+            send_signal(self.pid(), SIGTERM);
+            let deadline = Instant::now() + grace;
+            while self.running() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.stop(Duration::ZERO);
+    }
+
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// `tcptrace: 120 events, 3 lost, 0 evicted` -> (120, 3, 0).
+pub fn parse_summary(lines: &[String]) -> Option<(u64, u64, u64)> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("tcptrace: ")?;
+        let mut nums = rest.split(',').map(|part| {
+            let mut words = part.split_whitespace();
+            let n: u64 = words.next()?.parse().ok()?;
+            Some((n, words.next()?.to_owned()))
+        });
+        let (events, w1) = nums.next()??;
+        let (lost, w2) = nums.next()??;
+        let (evicted, w3) = nums.next()??;
+        (w1 == "events" && w2 == "lost" && w3 == "evicted").then_some((events, lost, evicted))
+    })
+}
+
+/// `tcptrace hist`'s: `tcptrace: 120 dwell times measured in the kernel, 0 dropped`.
+pub fn parse_hist_summary(lines: &[String]) -> Option<(u64, u64)> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("tcptrace: ")?;
+        let (measured, rest) = rest.split_once(" dwell times measured")?;
+        let dropped = rest.split(", ").nth(1)?.strip_suffix(" dropped")?;
+        Some((measured.trim().parse().ok()?, dropped.trim().parse().ok()?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line() {
+        let lines = vec![
+            "tcptrace: attached to sock:inet_sock_set_state".to_owned(),
+            "tcptrace: 120 events, 3 lost, 0 evicted, 1 undecodable".to_owned(),
+        ];
+        assert_eq!(parse_summary(&lines), Some((120, 3, 0)));
+        assert_eq!(parse_summary(&lines[..1]), None);
+        let hist =
+            vec!["tcptrace: 134890 dwell times measured in the kernel, 2 dropped".to_owned()];
+        assert_eq!(parse_hist_summary(&hist), Some((134890, 2)));
+        assert_eq!(parse_summary(&hist), None);
+    }
+
+    #[test]
+    fn own_process_facts() {
+        let me = std::process::id();
+        assert!(cpu_ticks(me).is_some());
+        assert!(status_kib(me, "VmHWM").is_some_and(|k| k > 0));
+        assert!(clk_tck() > 0);
+    }
+}

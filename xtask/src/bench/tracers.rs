@@ -1,0 +1,538 @@
+//! The configurations under test: how each tracer is started, how we know it
+//! is attached, and what is read from it before, during and after a run.
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::load::{free_port, which};
+use super::sys::{self, Proc, ProgStats};
+
+/// The bpftrace one-liner that only counts transitions in a map.
+pub const BPFTRACE_PROGRAM: &str =
+    "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }";
+pub const TCPSTATES: &str = "/usr/sbin/tcpstates";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Config {
+    Baseline,
+    Watch,
+    WatchJson,
+    Leaks,
+    Hist,
+    Serve,
+    Tcpstates,
+    Bpftrace,
+}
+
+impl Config {
+    pub const ALL: [Config; 8] = [
+        Config::Baseline,
+        Config::Watch,
+        Config::WatchJson,
+        Config::Leaks,
+        Config::Hist,
+        Config::Serve,
+        Config::Tcpstates,
+        Config::Bpftrace,
+    ];
+
+    /// The name `--only` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::Watch => "watch",
+            Config::WatchJson => "watch-json",
+            Config::Leaks => "leaks",
+            Config::Hist => "hist",
+            Config::Serve => "serve",
+            Config::Tcpstates => "tcpstates",
+            Config::Bpftrace => "bpftrace",
+        }
+    }
+
+    /// How the report names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Baseline => "no tracer",
+            Config::Watch => "`tcptrace watch` > /dev/null",
+            Config::WatchJson => "`tcptrace watch --json` > /dev/null",
+            Config::Leaks => "`tcptrace leaks` > /dev/null",
+            Config::Hist => "`tcptrace hist` > /dev/null",
+            Config::Serve => "`tcptrace serve`, scraped every 1 s",
+            Config::Tcpstates => "libbpf-tools `tcpstates` > /dev/null",
+            Config::Bpftrace => "bpftrace counting one-liner",
+        }
+    }
+
+    pub fn is_tcptrace(self) -> bool {
+        matches!(
+            self,
+            Config::Watch | Config::WatchJson | Config::Leaks | Config::Hist | Config::Serve
+        )
+    }
+
+    pub fn from_key(key: &str) -> Option<Config> {
+        Config::ALL.into_iter().find(|c| c.key() == key)
+    }
+}
+
+/// Where each tracer is and which tcptrace subcommands exist.
+pub struct Tools {
+    pub tcptrace: PathBuf,
+    pub tcpstates: Option<PathBuf>,
+    pub bpftrace: Option<PathBuf>,
+    pub hist: bool,
+    pub serve: bool,
+}
+
+impl Tools {
+    pub fn find(tcptrace: PathBuf) -> Self {
+        let has = |sub: &str| {
+            Command::new(&tcptrace)
+                .args([sub, "--help"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        Self {
+            hist: has("hist"),
+            serve: has("serve"),
+            tcpstates: Some(PathBuf::from(TCPSTATES))
+                .filter(|p| p.is_file())
+                .or_else(|| which("tcpstates")),
+            bpftrace: which("bpftrace"),
+            tcptrace,
+        }
+    }
+
+    /// Why a configuration cannot run here, if it cannot.
+    pub fn unavailable(&self, config: Config) -> Option<String> {
+        match config {
+            Config::Hist if !self.hist => {
+                Some("not available: `tcptrace hist --help` fails in this build".to_owned())
+            }
+            Config::Serve if !self.serve => {
+                Some("not available: `tcptrace serve --help` fails in this build".to_owned())
+            }
+            Config::Tcpstates if self.tcpstates.is_none() => {
+                Some("not available: libbpf-tools' tcpstates is not installed".to_owned())
+            }
+            Config::Bpftrace if self.bpftrace.is_none() => {
+                Some("not available: bpftrace is not installed".to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    fn command(&self, config: Config, serve_addr: Option<SocketAddr>) -> Command {
+        let mut cmd = match config {
+            Config::Tcpstates => Command::new(self.tcpstates.as_ref().expect("checked")),
+            Config::Bpftrace => {
+                let mut c = Command::new(self.bpftrace.as_ref().expect("checked"));
+                c.args(["-e", BPFTRACE_PROGRAM]);
+                c
+            }
+            _ => Command::new(&self.tcptrace),
+        };
+        match config {
+            Config::Watch => {
+                cmd.arg("watch");
+            }
+            Config::WatchJson => {
+                cmd.args(["watch", "--json"]);
+            }
+            Config::Leaks => {
+                cmd.arg("leaks");
+            }
+            Config::Hist => {
+                cmd.arg("hist");
+            }
+            Config::Serve => {
+                let addr = serve_addr.expect("serve has an address");
+                cmd.args(["serve", "--listen", &addr.to_string()]);
+            }
+            _ => {}
+        }
+        cmd.stdout(Stdio::null());
+        cmd
+    }
+}
+
+/// Makes one loopback connection on demand, to see a freshly loaded
+/// program's run count move: proof that it is attached, whatever the tracer.
+pub struct Poker {
+    listener: TcpListener,
+}
+
+impl Poker {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind("127.0.0.1:0")?,
+        })
+    }
+
+    pub fn poke(&self) {
+        let addr = match self.listener.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        if let Ok(client) = TcpStream::connect(addr) {
+            let server = self.listener.accept();
+            drop(client);
+            drop(server);
+        }
+    }
+}
+
+/// A tracer started and attached.
+pub struct Running {
+    pub proc: Proc,
+    scraper: Option<Scraper>,
+}
+
+pub fn start(tools: &Tools, config: Config, poker: &Poker) -> Result<Running> {
+    let serve_addr = if config == Config::Serve {
+        Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+    } else {
+        None
+    };
+    let mut cmd = tools.command(config, serve_addr);
+    let mut proc = Proc::spawn(config.key(), &mut cmd)?;
+    if config.is_tcptrace()
+        && proc
+            .wait_line("attached", Duration::from_secs(30))
+            .is_none()
+    {
+        let lines = proc.stop(Duration::from_secs(2));
+        bail!("no \"attached\" line within 30 s: {}", tail(&lines));
+    }
+    wait_attached(&mut proc, poker, Duration::from_secs(30))?;
+    let scraper = match serve_addr {
+        Some(addr) => {
+            wait_metrics(addr, &mut proc, Duration::from_secs(10))?;
+            Some(Scraper::start(addr))
+        }
+        None => None,
+    };
+    Ok(Running { proc, scraper })
+}
+
+/// The last few stderr lines, for an error message.
+pub fn tail(lines: &[String]) -> String {
+    let start = lines.len().saturating_sub(3);
+    let t = lines[start..].join(" | ");
+    if t.is_empty() {
+        "no output".to_owned()
+    } else {
+        t
+    }
+}
+
+fn wait_attached(proc: &mut Proc, poker: &Poker, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        sys::bail_if_interrupted()?;
+        if !proc.running() {
+            let lines = proc.stop(Duration::ZERO);
+            bail!(
+                "{} exited ({:?}) before attaching: {}",
+                proc.name,
+                proc.exit_status(),
+                tail(&lines)
+            );
+        }
+        let progs = sys::bpf_progs(proc.pid());
+        if !progs.is_empty() {
+            let before: u64 = progs.iter().map(|p| p.run_cnt).sum();
+            poker.poke();
+            thread::sleep(Duration::from_millis(20));
+            let after: u64 = sys::bpf_progs(proc.pid()).iter().map(|p| p.run_cnt).sum();
+            if after > before {
+                return Ok(());
+            }
+        }
+        thread::sleep(Duration::from_millis(30));
+    }
+    let lines = proc.stop(Duration::from_secs(2));
+    bail!(
+        "{}: its BPF program did not run on a test connection within {} s: {}",
+        proc.name,
+        timeout.as_secs(),
+        tail(&lines)
+    )
+}
+
+fn wait_metrics(addr: SocketAddr, proc: &mut Proc, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_get(addr, "/metrics").is_ok_and(|(code, _)| code == 200) {
+            return Ok(());
+        }
+        if !proc.running() || Instant::now() > deadline {
+            let lines = proc.stop(Duration::from_secs(1));
+            bail!(
+                "serve did not answer GET /metrics on {addr}: {}",
+                tail(&lines)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.0 GET; the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Scrapes serve's /metrics every second while the load runs.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<ScrapeStats>,
+}
+
+#[derive(Default)]
+pub struct ScrapeStats {
+    pub ok: u32,
+    pub failed: u32,
+    pub last_body: String,
+}
+
+impl Scraper {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            let mut stats = ScrapeStats::default();
+            while !flag.load(Ordering::Relaxed) {
+                match http_get(addr, "/metrics") {
+                    Ok((200, body)) => {
+                        stats.ok += 1;
+                        stats.last_body = body;
+                    }
+                    _ => stats.failed += 1,
+                }
+                for _ in 0..20 {
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+            stats
+        });
+        Self { stop, handle }
+    }
+
+    fn finish(self) -> ScrapeStats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+/// Counters read from a tracer at one instant.
+pub struct Snapshot {
+    pub cpu_ticks: Option<u64>,
+    pub progs: Vec<ProgStats>,
+}
+
+impl Snapshot {
+    pub fn take(pid: u32) -> Self {
+        Self {
+            cpu_ticks: sys::cpu_ticks(pid),
+            progs: sys::bpf_progs(pid),
+        }
+    }
+}
+
+/// Kernel time of a tracer's programs between two snapshots.
+#[derive(Clone, Debug)]
+pub struct KernelCost {
+    /// Runs of the program that ran most: one per state change.
+    pub events: u64,
+    /// All of the tracer's programs' run time over those events.
+    pub ns_per_event: f64,
+}
+
+pub fn kernel_cost(before: &Snapshot, after: &Snapshot) -> Option<KernelCost> {
+    let deltas: Vec<(u64, u64)> = after
+        .progs
+        .iter()
+        .map(|a| {
+            let b = before.progs.iter().find(|b| b.id == a.id);
+            let time = a.run_time_ns.saturating_sub(b.map_or(0, |b| b.run_time_ns));
+            let cnt = a.run_cnt.saturating_sub(b.map_or(0, |b| b.run_cnt));
+            (time, cnt)
+        })
+        .collect();
+    let events = deltas.iter().map(|d| d.1).max()?;
+    if events == 0 {
+        return None;
+    }
+    let time: u64 = deltas.iter().map(|d| d.0).sum();
+    Some(KernelCost {
+        events,
+        ns_per_event: time as f64 / events as f64,
+    })
+}
+
+/// Waits until the tracer has used no CPU for 300 ms (it has drained what
+/// the load left in its buffers), at most `max`.
+pub fn settle(pid: u32, max: Duration) {
+    let deadline = Instant::now() + max;
+    let mut last = sys::cpu_ticks(pid);
+    let mut still = 0;
+    while Instant::now() < deadline && still < 3 {
+        thread::sleep(Duration::from_millis(100));
+        let now = sys::cpu_ticks(pid);
+        if now == last {
+            still += 1;
+        } else {
+            still = 0;
+            last = now;
+        }
+    }
+}
+
+/// What stopping a tracer told us.
+pub struct Stopped {
+    pub lines: Vec<String>,
+    /// tcptrace's `N events, M lost, K evicted`.
+    pub summary: Option<(u64, u64, u64)>,
+    pub scrapes: Option<ScrapeStats>,
+    pub exited_early: bool,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn stop(mut self) -> Stopped {
+        let exited_early = !self.proc.running();
+        let scrapes = self.scraper.take().map(Scraper::finish);
+        let lines = self.proc.stop(Duration::from_secs(15));
+        Stopped {
+            summary: sys::parse_summary(&lines),
+            lines,
+            scrapes,
+            exited_early,
+        }
+    }
+}
+
+impl Stopped {
+    /// Events the tracer says it handled: the summary's, or hist's dwell times.
+    pub fn events(&self) -> Option<u64> {
+        self.summary
+            .map(|s| s.0)
+            .or_else(|| sys::parse_hist_summary(&self.lines).map(|h| h.0))
+    }
+
+    /// Events the tracer says it lost: tcptrace's summary, libbpf-tools'
+    /// "lost N events" warnings; `None` when it reports nothing we can read.
+    pub fn lost(&self, config: Config) -> Option<u64> {
+        if let Some((_, lost, _)) = self.summary {
+            return Some(lost);
+        }
+        if let Some((_, dropped)) = sys::parse_hist_summary(&self.lines) {
+            return Some(dropped);
+        }
+        match config {
+            Config::Tcpstates => Some(
+                self.lines
+                    .iter()
+                    .filter_map(|l| {
+                        let rest = l.trim().strip_prefix("lost ")?;
+                        rest.split_whitespace().next()?.parse::<u64>().ok()
+                    })
+                    .sum(),
+            ),
+            Config::Serve => self
+                .scrapes
+                .as_ref()
+                .and_then(|s| metric_sum(&s.last_body, "lost")),
+            _ => None,
+        }
+    }
+}
+
+/// The sum of the samples of metrics whose name contains `word`.
+fn metric_sum(body: &str, word: &str) -> Option<u64> {
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name.split('{').next().unwrap_or(name);
+        if name.contains(word)
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            found = true;
+            sum += v;
+        }
+    }
+    found.then_some(sum as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for c in Config::ALL {
+            assert_eq!(Config::from_key(c.key()), Some(c));
+        }
+    }
+
+    #[test]
+    fn kernel_cost_from_deltas() {
+        let p = |id, t, c| ProgStats {
+            id,
+            prog_type: 5,
+            run_time_ns: t,
+            run_cnt: c,
+        };
+        let before = Snapshot {
+            cpu_ticks: None,
+            progs: vec![p(1, 100, 10)],
+        };
+        let after = Snapshot {
+            cpu_ticks: None,
+            progs: vec![p(1, 1100, 20)],
+        };
+        let k = kernel_cost(&before, &after).unwrap();
+        assert_eq!(k.events, 10);
+        assert!((k.ns_per_event - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn metrics() {
+        let body = "# HELP x\ntcptrace_events_lost_total 3\ntcptrace_events_total 10\nfoo_lost{cpu=\"1\"} 2\n";
+        assert_eq!(metric_sum(body, "lost"), Some(5));
+        assert_eq!(metric_sum(body, "nothing"), None);
+    }
+}
