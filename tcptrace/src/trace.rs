@@ -99,6 +99,9 @@ pub struct Context<'a> {
 /// not wake us (it wakes us only once a batch is pending).
 pub const DEFAULT_TICK: Duration = Duration::from_millis(50);
 
+/// Records handled before the loop looks at signals and ticks again.
+const DRAIN_BATCH: usize = 4096;
+
 pub struct Tracer {
     probe: Probe,
     table: SocketTable,
@@ -230,28 +233,35 @@ impl Tracer {
             .map_err(|e| e.into_parts().1)
             .context("polling the ring buffer")?;
         eprintln!("tcptrace: attached to sock:inet_sock_set_state");
+        let mut backlog = false;
         loop {
+            #[derive(Clone, Copy)]
             enum Wake {
                 Ring,
                 Tick,
                 Stop,
             }
+            // Signals and ticks first, so a storm that keeps the ring full
+            // cannot starve them; a backlog is drained without waiting.
             let wake = tokio::select! {
-                r = ring.readable_mut() => {
-                    r.context("waiting on the ring buffer")?.clear_ready();
-                    Wake::Ring
-                }
-                _ = ticker.tick() => Wake::Tick,
+                biased;
                 _ = sigint.recv() => Wake::Stop,
                 _ = sigterm.recv() => Wake::Stop,
                 _ = sighup.recv() => Wake::Stop,
                 () = &mut deadline => Wake::Stop,
+                _ = ticker.tick() => Wake::Tick,
+                () = std::future::ready(()), if backlog => Wake::Ring,
+                r = ring.readable_mut() => {
+                    r.context("waiting on the ring buffer")?.clear_ready();
+                    Wake::Ring
+                }
             };
             let drained = self.drain(ring.get_mut(), sink);
+            backlog = matches!(drained, Ok(n) if n == DRAIN_BATCH);
             let flushed = sink.flush();
             let mut stop =
                 matches!(wake, Wake::Stop) || is_closed_pipe(&drained) || is_closed_pipe(&flushed);
-            drained.or_else(quiet_pipe)?;
+            drained.map(drop).or_else(quiet_pipe)?;
             flushed.or_else(quiet_pipe)?;
             if matches!(wake, Wake::Tick) && !stop {
                 self.warn_lost();
@@ -294,8 +304,13 @@ impl Tracer {
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut dyn Sink) -> io::Result<()> {
-        while let Some(item) = ring.next() {
+    /// Reads at most [`DRAIN_BATCH`] records; returns how many it read.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut dyn Sink) -> io::Result<usize> {
+        let mut n = 0;
+        while n < DRAIN_BATCH
+            && let Some(item) = ring.next()
+        {
+            n += 1;
             let ev = match decode::decode(&item) {
                 Ok(ev) => ev,
                 Err(e) => {
@@ -308,7 +323,7 @@ impl Tracer {
             self.stats.events += 1;
             self.handle(&ev, sink)?;
         }
-        Ok(())
+        Ok(n)
     }
 
     fn handle(&mut self, ev: &Event, sink: &mut dyn Sink) -> io::Result<()> {

@@ -45,7 +45,7 @@ fn tcpstates_and_tcptrace_agree_on_every_transition() {
         assert!(Instant::now() < deadline, "tcpstates did not start");
         thread::sleep(Duration::from_millis(20));
     }
-    let ours = start(&["watch", "--json", "-4"]);
+    let ours = start(&["watch", "--json", "-4", "--ring-size", BIG_RING]);
 
     // The workload: active and passive closes, a refused connect.
     for i in 0..20 {

@@ -43,7 +43,7 @@ fn ms(v: &Value) -> Option<f64> {
 
 #[test]
 fn active_close_client_first_full_sequences() {
-    let run = start(&["watch", "--json"]);
+    let run = start(&["watch", "--json", "--ring-size", BIG_RING]);
     let (l, port) = listener("127.0.0.1:0");
     let mut client = connect("127.0.0.1", port);
     let (mut server, _) = l.accept().unwrap();
@@ -135,7 +135,7 @@ fn active_close_client_first_full_sequences() {
 
 #[test]
 fn passive_close_on_the_client_side() {
-    let run = start(&["watch", "--json"]);
+    let run = start(&["watch", "--json", "--ring-size", BIG_RING]);
     let (l, port) = listener("127.0.0.1:0");
     let client = connect("127.0.0.1", port);
     let (server, _) = l.accept().unwrap();
@@ -163,7 +163,7 @@ fn passive_close_on_the_client_side() {
 #[test]
 fn refused_connect_is_syn_sent_then_close() {
     let port = closed_port();
-    let run = start(&["watch", "--json"]);
+    let run = start(&["watch", "--json", "--ring-size", BIG_RING]);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     let vals = only(&collect(run, port, 2), port);
     assert_eq!(
@@ -175,7 +175,7 @@ fn refused_connect_is_syn_sent_then_close() {
 
 #[test]
 fn listen_then_close() {
-    let run = start(&["watch", "--json"]);
+    let run = start(&["watch", "--json", "--ring-size", BIG_RING]);
     let (l, port) = listener("127.0.0.1:0");
     thread::sleep(Duration::from_millis(100));
     drop(l);

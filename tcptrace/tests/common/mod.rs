@@ -17,6 +17,10 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
 
+/// For unfiltered tracers: other tests' storms run at the same time and must
+/// not overflow the ring of a test that checks an exact sequence.
+pub const BIG_RING: &str = "67108864";
+
 /// A running `tcptrace` whose stdout lines are collected in the background.
 pub struct Running {
     child: Child,
