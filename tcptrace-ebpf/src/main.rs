@@ -1,23 +1,29 @@
-//! The kernel half of tcptrace: one tracepoint program that copies every TCP
-//! state change into a ring buffer. Everything else happens in userspace.
+//! The kernel half of tcptrace: one tracepoint program that either copies
+//! every TCP state change into a ring buffer (stream mode: watch, leaks) or
+//! measures dwell times and counts them in per-CPU log2 histograms (aggregate
+//! mode: hist), so a storm of connections never wakes userspace.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     },
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    AF_INET, AF_INET6, DEFAULT_RING_BYTES, DROPS_SLOT, Filter, IPPROTO_TCP, InetSockSetStateArgs,
-    MAX_FILTER_PIDS, MAX_FILTER_PORTS, Offsets, StateEvent, TASK_COMM_LEN,
+    AF_INET, AF_INET6, AggregateConfig, DEFAULT_RING_BYTES, DROPS_SLOT, DROPS_SLOTS, EVICTED_SLOT,
+    Filter, GROUP_LPORT, GROUP_NONE, GROUP_PROCESS, GROUP_RADDR, GROUP_RPORT, HIST_FULL_SLOT,
+    HIST_MAX_KEYS, HistKey, IPPROTO_TCP, InetSockSetStateArgs, LOG2_BUCKETS, ListenerOwner,
+    MAX_FILTER_PIDS, MAX_FILTER_PORTS, MODE_AGGREGATE, MODE_STREAM, Offsets, SLOT_MAX, SOCKET_WAYS,
+    SockTimes, StateEvent, TASK_COMM_LEN, TOTAL_KINDS, TotalHist, log2_bucket, measure, socket_set,
+    total_index,
 };
 
 // TCP states, as numbered by the kernel (include/net/tcp_states.h).
@@ -28,6 +34,9 @@ const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 
+/// What a map update with BPF_NOEXIST returns when the key exists.
+const EEXIST: i32 = -17;
+
 #[unsafe(no_mangle)]
 static FILTER: Global<Filter> = Global::new(Filter::NONE);
 #[unsafe(no_mangle)]
@@ -36,13 +45,19 @@ static OFFSETS: Global<Offsets> = Global::new(Offsets::NONE);
 /// timer. Waking per record would cap throughput (field notes: ringbuf bench).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: Global<u64> = Global::new(0);
+/// `MODE_STREAM` or `MODE_AGGREGATE`.
+#[unsafe(no_mangle)]
+static MODE: Global<u32> = Global::new(MODE_STREAM);
+#[unsafe(no_mangle)]
+static AGGREGATE: Global<AggregateConfig> = Global::new(AggregateConfig::NONE);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Records that did not fit in the ring buffer, per CPU.
+/// Per CPU: records that did not fit in the ring buffer, histogram updates
+/// that did not fit in `HIST`.
 #[map]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROPS_SLOTS, 0);
 
 /// Only used with a pid filter: socket -> owning tgid, learnt in process
 /// context, so the socket's softirq transitions still pass the filter.
@@ -52,6 +67,33 @@ static OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 /// sockets a listener creates in softirq inherit its owner.
 #[map]
 static LISTENERS: LruHashMap<u16, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Aggregate mode: each socket's entry (when it entered its state, its
+/// handshake), freed at CLOSE, in a set-associative table the loader sizes.
+/// An array, not a hash map: finding an entry is a few loads and a socket's
+/// arrival and departure are plain stores, where hash-map inserts and
+/// deletes cost more than all the rest of the program. A full set evicts the
+/// entry that changed state longest ago (counted), which also bounds the
+/// entries of sockets whose CLOSE was missed.
+#[map]
+static SOCKETS: Array<SockTimes> = Array::with_max_entries(SOCKET_WAYS, 0);
+/// Aggregate mode, when owners matter: listening port -> owner, for the
+/// sockets a listener creates in softirq.
+#[map]
+static LISTEN_OWNERS: LruHashMap<u16, ListenerOwner> = LruHashMap::with_max_entries(4096, 0);
+/// Aggregate mode, grouping by process: tgid -> comm, learnt in process
+/// context, so a group is named even after its process exits.
+#[map]
+static COMMS: LruHashMap<u32, [u8; TASK_COMM_LEN]> = LruHashMap::with_max_entries(16384, 0);
+/// Aggregate mode, not grouping: a histogram per kind, per CPU, per interval parity.
+#[map]
+static TOTALS: PerCpuArray<TotalHist> = PerCpuArray::with_max_entries(TOTAL_KINDS * 2, 0);
+/// Aggregate mode, grouping: the histograms, one counter per key, per CPU.
+/// Preallocated: allocating per-CPU values as keys appear cost 5-25 µs per
+/// transition under a storm of new groups (measured here); the loader
+/// shrinks it to one entry when not grouping.
+#[map]
+static HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(HIST_MAX_KEYS, 0);
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -74,6 +116,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    if MODE.load() == MODE_AGGREGATE {
+        aggregate(&ctx, &args, tgid, filter);
+        return 0;
+    }
     if load(&filter.n_pids) != 0 && !owner_passes(&ctx, &args, tgid, filter) {
         return 0;
     }
@@ -244,6 +290,259 @@ fn remember<K>(ctx: &TracePointContext, map: &LruHashMap<K, u32>, key: K, tgid: 
     if map.insert(&key, &tgid, 0).is_err() {
         warn!(ctx, "tcptrace: owner map insert failed for tgid {}", tgid);
     }
+}
+
+/// Aggregate mode: measure the transition against the socket's entry in
+/// `SOCKETS` and count it in `TOTALS` (or `HIST` when grouping). Nothing
+/// goes to the ring buffer.
+fn aggregate(ctx: &TracePointContext, args: &InetSockSetStateArgs, tgid: u32, filter: &Filter) {
+    let cfg = aggregate_config();
+    // SAFETY: takes no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (old, new) = (args.oldstate as u8, args.newstate as u8);
+    let Some((entry, found)) = socket_entry(args.skaddr, load(&cfg.socket_sets)) else {
+        return;
+    };
+    // SAFETY: an array value; copied out at once (32 bytes).
+    let prev = found.then(|| unsafe { *entry });
+    let owner = if load(&cfg.group_by) == GROUP_PROCESS
+        || load(&filter.n_pids) != 0
+        || load(&cfg.has_comm) != 0
+    {
+        resolve_owner(ctx, args, tgid, prev.as_ref(), filter, cfg)
+    } else {
+        ListenerOwner { tgid, passes: 1 }
+    };
+    let mut key = group_key(args, owner.tgid, cfg, now);
+    let grouped = load(&cfg.group_by) != GROUP_NONE;
+    let (handshake, handshake_ns) = measure(prev.as_ref(), old, new, now, |kind, ns| {
+        if owner.passes != 0 {
+            count(&mut key, kind, ns, grouped);
+        }
+    });
+    // The writes below: `entry` is the array value found above. TCP
+    // serialises a socket's transitions; another socket taking the entry
+    // meanwhile (a full set, on another CPU) loses a measurement, no more.
+    if i32::from(new) == TCP_CLOSE {
+        if found {
+            // SAFETY: see above.
+            unsafe { *entry = SockTimes::FREE };
+        }
+        return;
+    }
+    // SAFETY: see above.
+    if !found && unsafe { (*entry).skaddr } != 0 {
+        bump(EVICTED_SLOT);
+    }
+    let next = SockTimes {
+        skaddr: args.skaddr,
+        entered_ns: now,
+        handshake_ns,
+        owner: owner.tgid,
+        state: new,
+        handshake,
+        owner_passes: owner.passes as u8,
+        _pad: 0,
+    };
+    // SAFETY: see above.
+    unsafe { *entry = next };
+}
+
+/// The socket's entry in `SOCKETS` and whether it is its own: else the way
+/// of its set to use for it, a free one (they have the oldest time, 0) or
+/// the one that changed state longest ago.
+fn socket_entry(skaddr: u64, sets: u32) -> Option<(*mut SockTimes, bool)> {
+    let first = socket_set(skaddr, sets) * SOCKET_WAYS;
+    let mut victim = None;
+    let mut oldest = u64::MAX;
+    for way in 0..SOCKET_WAYS {
+        let p = SOCKETS.get_ptr_mut(first + way)?;
+        // SAFETY: an array value, valid while the program runs.
+        let (owner, entered) = unsafe { ((*p).skaddr, (*p).entered_ns) };
+        if owner == skaddr {
+            return Some((p, true));
+        }
+        if entered < oldest {
+            oldest = entered;
+            victim = Some(p);
+        }
+    }
+    victim.map(|p| (p, false))
+}
+
+/// Adds one to this CPU's `DROPS` counter `slot`.
+fn bump(slot: u32) {
+    if let Some(n) = DROPS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot; the kernel never nests runs on one CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+fn aggregate_config() -> &'static AggregateConfig {
+    // SAFETY: Global<T> is a transparent wrapper around an initialised T.
+    unsafe { &*(core::ptr::addr_of!(AGGREGATE) as *const AggregateConfig) }
+}
+
+/// The socket's owner and whether it passes the pid and comm filters. The
+/// task on the CPU is the owner only in process context; otherwise the owner
+/// remembered for the socket (or its listener), else the task on the CPU.
+fn resolve_owner(
+    ctx: &TracePointContext,
+    args: &InetSockSetStateArgs,
+    tgid: u32,
+    prev: Option<&SockTimes>,
+    filter: &Filter,
+    cfg: &AggregateConfig,
+) -> ListenerOwner {
+    let current = || ListenerOwner {
+        tgid,
+        passes: u32::from(owner_filters_pass(tgid, filter, cfg)),
+    };
+    let in_process_context = matches!(
+        args.newstate,
+        TCP_SYN_SENT | TCP_LISTEN | TCP_FIN_WAIT1 | TCP_LAST_ACK
+    ) && tgid != 0;
+    let owner = if in_process_context {
+        if load(&cfg.group_by) == GROUP_PROCESS {
+            remember_comm(tgid);
+        }
+        current()
+    } else if args.oldstate == TCP_LISTEN && args.newstate == TCP_SYN_RECV {
+        // SAFETY: a plain value copied out at once.
+        unsafe { LISTEN_OWNERS.get(args.sport) }
+            .copied()
+            .unwrap_or_else(current)
+    } else if let Some(p) = prev.filter(|_| args.oldstate != TCP_CLOSE) {
+        ListenerOwner {
+            tgid: p.owner,
+            passes: u32::from(p.owner_passes),
+        }
+    } else {
+        current()
+    };
+    if args.newstate == TCP_LISTEN {
+        if LISTEN_OWNERS.insert(args.sport, owner, 0).is_err() {
+            warn!(
+                ctx,
+                "tcptrace: listener owner insert failed for port {}", args.sport
+            );
+        }
+    } else if args.oldstate == TCP_LISTEN && args.newstate == TCP_CLOSE {
+        let _ = LISTEN_OWNERS.remove(args.sport);
+    }
+    owner
+}
+
+/// Names `tgid` in `COMMS`; written only when the name is new (an LRU
+/// insert costs more than the rest of the program).
+fn remember_comm(tgid: u32) {
+    let mut comm = [0u8; TASK_COMM_LEN];
+    // SAFETY: a writable buffer of TASK_COMM_LEN bytes.
+    if unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) } != 0 {
+        return;
+    }
+    // SAFETY: a plain array compared at once.
+    if unsafe { COMMS.get(tgid) } != Some(&comm) {
+        let _ = COMMS.insert(tgid, comm, 0);
+    }
+}
+
+/// Exact in aggregate mode: nothing downstream refines the pid or comm filter.
+fn owner_filters_pass(tgid: u32, filter: &Filter, cfg: &AggregateConfig) -> bool {
+    if load(&filter.n_pids) != 0 && !pid_listed(tgid, filter) {
+        return false;
+    }
+    if load(&cfg.has_comm) == 0 {
+        return true;
+    }
+    let mut comm = [0u8; TASK_COMM_LEN];
+    // SAFETY: a writable buffer of TASK_COMM_LEN bytes.
+    if unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) } != 0 {
+        return false;
+    }
+    comm.iter().zip(cfg.comm.iter()).all(|(a, b)| *a == load(b))
+}
+
+/// The histogram key of this transition's group and interval.
+fn group_key(args: &InetSockSetStateArgs, owner: u32, cfg: &AggregateConfig, now: u64) -> HistKey {
+    let mut key = HistKey {
+        group: [0; 16],
+        epoch: 0,
+        family: 0,
+        kind: 0,
+        slot: 0,
+    };
+    let interval = load(&cfg.interval_ns);
+    if interval != 0 {
+        key.epoch = (now.saturating_sub(load(&cfg.start_ns)) / interval) as u32;
+    }
+    match load(&cfg.group_by) {
+        GROUP_PROCESS => key.group[..4].copy_from_slice(&owner.to_ne_bytes()),
+        GROUP_LPORT => key.group[..2].copy_from_slice(&args.sport.to_ne_bytes()),
+        GROUP_RPORT => key.group[..2].copy_from_slice(&args.dport.to_ne_bytes()),
+        GROUP_RADDR => {
+            key.family = args.family;
+            key.group = if args.family == AF_INET {
+                widen(args.daddr)
+            } else {
+                args.daddr_v6
+            };
+        }
+        _ => {}
+    }
+    key
+}
+
+/// One value into a histogram: its log2 bucket of microseconds, and the maximum.
+fn count(key: &mut HistKey, kind: u8, ns: u64, grouped: bool) {
+    if !grouped {
+        count_total(kind, key.epoch, ns);
+        return;
+    }
+    key.kind = kind;
+    key.slot = log2_bucket(ns / 1000);
+    add(key, 1, |slot, n| *slot += n);
+    key.slot = SLOT_MAX;
+    add(key, ns, |slot, v| *slot = (*slot).max(v));
+}
+
+/// Not grouping: this CPU's histogram of `kind` for interval `epoch`, reset
+/// when the interval is new to it.
+fn count_total(kind: u8, epoch: u32, ns: u64) {
+    let Some(h) = total_index(kind, epoch).and_then(|i| TOTALS.get_ptr_mut(i)) else {
+        return;
+    };
+    // SAFETY: this CPU's copy; the kernel never nests runs on one CPU.
+    let h = unsafe { &mut *h };
+    if h.epoch != u64::from(epoch) {
+        *h = TotalHist {
+            epoch: u64::from(epoch),
+            max_ns: 0,
+            buckets: [0; LOG2_BUCKETS as usize],
+        };
+    }
+    // The mask bounds the index for the verifier; buckets are below 64 anyway.
+    h.buckets[usize::from(log2_bucket(ns / 1000) & (LOG2_BUCKETS - 1))] += 1;
+    h.max_ns = h.max_ns.max(ns);
+}
+
+/// Applies `update` to this CPU's counter for `key`, creating it when missing.
+fn add(key: &HistKey, value: u64, update: impl Fn(&mut u64, u64)) {
+    for _ in 0..2 {
+        if let Some(slot) = HIST.get_ptr_mut(key) {
+            // SAFETY: this CPU's copy; the kernel never nests runs on one CPU.
+            unsafe { update(&mut *slot, value) };
+            return;
+        }
+        match HIST.insert(key, value, u64::from(BPF_NOEXIST)) {
+            Ok(()) => return,
+            // Another CPU created the key meanwhile: look it up again.
+            Err(EEXIST) => {}
+            // Full: count the loss.
+            Err(_) => break,
+        }
+    }
+    bump(HIST_FULL_SLOT);
 }
 
 #[cfg(not(test))]

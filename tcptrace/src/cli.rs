@@ -8,7 +8,11 @@ use tcptrace_common::{
     AF_INET, AF_INET6, DEFAULT_RING_BYTES, Filter, MAX_FILTER_PIDS, MAX_FILTER_PORTS,
 };
 
-use crate::{socket_table::DEFAULT_MAX_SOCKETS, state::TcpState};
+use crate::{
+    hist::{GroupBy, Handshake, parse_group_by, parse_handshake, parse_interval},
+    socket_table::DEFAULT_MAX_SOCKETS,
+    state::TcpState,
+};
 
 const EXAMPLES: &str = "\
 EXAMPLES:
@@ -19,6 +23,11 @@ EXAMPLES:
     tcptrace leaks                      # who holds CLOSE_WAIT sockets, live
     tcptrace leaks --once --json        # one snapshot of existing leaks, as JSON
     tcptrace leaks --check --min-age 5m # exit 3 if a leak is older than 5 minutes
+    tcptrace hist                       # time spent in each state and handshake, at Ctrl-C
+    tcptrace hist 1 10 --by lport       # ten one-second summaries, per local port
+    tcptrace hist --handshake passive-close --json  # passive closes as NDJSON
+    tcptrace serve                      # Prometheus metrics at http://127.0.0.1:10180/metrics
+    tcptrace serve --listen 0.0.0.0:10180 --top 50  # every interface, for a fleet's Prometheus
 
 EXIT STATUS:
     0 success, 1 runtime or environment error, 2 bad usage, 3 leaks found (leaks --check)";
@@ -46,6 +55,12 @@ pub enum Command {
     /// Show which processes hold sockets in CLOSE_WAIT, how many, how old, to which peers.
     #[command(after_help = EXAMPLES)]
     Leaks(LeaksArgs),
+    /// Log2 histograms of the time spent in each TCP state and handshake (bcc style).
+    #[command(after_help = HIST_NOTES)]
+    Hist(HistArgs),
+    /// Export Prometheus metrics over HTTP: transitions, state durations, CLOSE_WAIT holders.
+    #[command(after_help = SERVE_NOTES)]
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -125,6 +140,88 @@ pub struct LeaksArgs {
     /// Stop after this long.
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+const SERVE_NOTES: &str = "\
+ENDPOINTS:
+    /metrics   Prometheus text format 0.0.4 (tcptrace_* metrics)
+    /healthz   'ok' while the tracer runs
+    /          a one-line pointer to /metrics
+
+EXAMPLES:
+    tcptrace serve                          # http://127.0.0.1:10180/metrics, this host only
+    tcptrace serve --listen 0.0.0.0:10180   # every interface: a fleet's Prometheus scrapes it
+    tcptrace serve --listen '[::1]:9999' --top 5 -L 80,443
+
+EXIT STATUS:
+    0 stopped by a signal, 1 runtime error (e.g. the port is in use), 2 bad usage (e.g. a bad --listen)";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Where to serve: IP:PORT, IP (port 10180) or PORT (on 127.0.0.1); 0.0.0.0 or :: only when
+    /// asked. Port 0 picks a free one, printed at start.
+    #[arg(long, value_name = "ADDR", default_value_t = default_listen(), value_parser = parse_listen)]
+    pub listen: std::net::SocketAddr,
+    /// Processes named in the per-process CLOSE_WAIT series; the rest are summed under comm="other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = parse_top)]
+    pub top: usize,
+    /// How often the CLOSE_WAIT holders are recomputed (sock_diag and a /proc scan).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+const HIST_NOTES: &str = "\
+HISTOGRAMS:
+    state = S          time sockets spent in S, measured when they leave it
+    connect.client     SYN_SENT -> ESTABLISHED
+    connect.server     SYN_RECV -> ESTABLISHED
+    active_close       FIN_WAIT1 -> CLOSE (TIME_WAIT shows as CLOSE)
+    passive_close      CLOSE_WAIT -> CLOSE, split into its CLOSE_WAIT part
+                       (waiting for the application to close) and its LAST_ACK
+                       part (waiting for the last ACK)
+
+EXAMPLES:
+    tcptrace hist                          # one summary at Ctrl-C
+    tcptrace hist 1 10                     # ten one-second summaries
+    tcptrace hist 5 --by process --state CLOSE_WAIT
+    tcptrace hist --by lport -L 80,443 --handshake connect
+    tcptrace hist 10 --json --exact        # percentiles from every value
+
+EXIT STATUS:
+    0 success, 1 runtime or environment error, 2 bad usage";
+
+#[derive(Args, Debug)]
+pub struct HistArgs {
+    /// Print a summary every INTERVAL (e.g. 1, 2.5, 10s); without it, one summary at Ctrl-C.
+    #[arg(value_name = "INTERVAL", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// Stop after COUNT summaries.
+    #[arg(value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Split every histogram by: process, lport, rport or raddr.
+    #[arg(long, value_name = "KEY", value_parser = parse_group_by)]
+    pub by: Option<GroupBy>,
+    /// Show the time spent in STATE (repeatable), e.g. CLOSE_WAIT.
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<TcpState>,
+    /// Show a handshake (repeatable): connect, active-close or passive-close.
+    #[arg(long = "handshake", value_name = "NAME", value_parser = parse_handshake)]
+    pub handshakes: Vec<Handshake>,
+    /// One JSON object per histogram per interval (NDJSON).
+    #[arg(long)]
+    pub json: bool,
+    /// Percentiles from every value (HdrHistogram) instead of interpolated from
+    /// the buckets; streams each transition to userspace, as watch does.
+    #[arg(long)]
+    pub exact: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -239,6 +336,70 @@ pub fn parse_max_sockets(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The metrics port when none is given. 9100-9999, the range of the
+/// Prometheus wiki's "Default port allocations", is full; 10180 is clear of
+/// Webmin (10000), Zabbix (10050-10051), Amanda (10080-10083) and the kubelet
+/// and control plane (10248-10259), which matters under `hostNetwork`.
+pub const DEFAULT_SERVE_PORT: u16 = 10180;
+
+pub fn default_listen() -> std::net::SocketAddr {
+    (std::net::Ipv4Addr::LOCALHOST, DEFAULT_SERVE_PORT).into()
+}
+
+/// `127.0.0.1:10180`, `[::1]:10180`, `0.0.0.0` (default port), `10180`
+/// (loopback), `localhost[:PORT]`. An address is required: `:PORT` would
+/// silently mean every interface.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let t = s.trim();
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("'{p}' in '{s}' is not a port (0-65535)"))
+    };
+    if t.is_empty() {
+        return Err("an empty --listen address".into());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok((Ipv4Addr::LOCALHOST, port(t)?).into());
+    }
+    if t.starts_with(':') && !t.starts_with("::") {
+        return Err(format!(
+            "'{s}' has no address: use 127.0.0.1{t} for this host or 0.0.0.0{t} for every interface"
+        ));
+    }
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok((ip, DEFAULT_SERVE_PORT).into());
+    }
+    if let Some(ip) = t
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse::<Ipv6Addr>().ok())
+    {
+        return Ok((ip, DEFAULT_SERVE_PORT).into());
+    }
+    let (host, p) = match t.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, Some(p)),
+        _ => (t, None),
+    };
+    let p = p.map(port).transpose()?.unwrap_or(DEFAULT_SERVE_PORT);
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok((Ipv4Addr::LOCALHOST, p).into());
+    }
+    Err(format!(
+        "'{host}' is not an IP address (e.g. 127.0.0.1:{DEFAULT_SERVE_PORT}, 0.0.0.0:{DEFAULT_SERVE_PORT}, [::1]:{DEFAULT_SERVE_PORT})"
+    ))
+}
+
+pub fn parse_top(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a number of processes from 1 to 1000")),
+    }
+}
+
 /// clap's errors are several lines; users and scripts get one.
 pub fn one_line_error(e: &clap::Error) -> String {
     let text = e.to_string();
@@ -302,6 +463,42 @@ mod tests {
             let line = one_line_error(&err);
             assert!(!line.is_empty() && !line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let ok = |s: &str| parse_listen(s).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:9999"), "127.0.0.1:9999");
+        assert_eq!(ok("0.0.0.0"), "0.0.0.0:10180");
+        assert_eq!(ok("9999"), "127.0.0.1:9999");
+        assert_eq!(ok("0"), "127.0.0.1:0");
+        assert_eq!(ok("[::1]:9999"), "[::1]:9999");
+        assert_eq!(ok("::"), "[::]:10180");
+        assert_eq!(ok("[::1]"), "[::1]:10180");
+        assert_eq!(ok("localhost"), "127.0.0.1:10180");
+        assert_eq!(ok("LOCALHOST:81"), "127.0.0.1:81");
+        for bad in [
+            "",
+            ":9999",
+            "300.1.1.1:80",
+            "127.0.0.1:99999",
+            "127.0.0.1:http",
+            "example.com:80",
+            "foo",
+            "[::1]:x",
+            "1.2.3.4:",
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+        assert!(parse_listen(":9999").unwrap_err().contains("0.0.0.0:9999"));
+        let cli = Cli::try_parse_from(["tcptrace", "serve"]).unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(a.listen, default_listen());
+        assert_eq!((a.top, a.interval), (20, Duration::from_secs(5)));
+        assert!(parse_top("0").is_err() && parse_top("1001").is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn probe_config(filter: &FilterArgs, tuning: &TuningArgs) -> anyhow::Result<Prob
         ring_bytes: tuning.ring_size,
         wakeup_bytes: WAKEUP_BYTES.min(u64::from(tuning.ring_size) / 4),
         inodes: true,
+        aggregate: None,
     })
 }
 
@@ -105,6 +106,57 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
     let stats = tracer.run(&mut sink, args.duration, DEFAULT_TICK).await?;
     eprintln!("{}", stats.summary());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tcptrace serve`: the port is bound before the kernel program loads, so a
+/// port in use fails at once; then metrics are served until a signal.
+pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
+    use crate::serve::{Scope, ServeOptions, ServeSink, bind, spawn_http};
+    let listener = bind(args.listen)?;
+    let probe = probe_config(&args.filter, &args.tuning)?;
+    let filters = Filters {
+        pids: args.filter.pids.clone(),
+        comm: args.filter.comm.clone(),
+        states: Vec::new(),
+    };
+    let mut tracer = Tracer::attach(
+        &probe,
+        filters,
+        args.tuning.max_sockets,
+        Attributor::new(Some(HolderIndex::new())),
+    )?;
+    tracer.seed_existing(family(&args.filter))?;
+    let lports = args.filter.lports.clone().map(|p| p.0).unwrap_or_default();
+    let rports = args.filter.rports.clone().map(|p| p.0).unwrap_or_default();
+    let (mut sink, exposition) = ServeSink::new(ServeOptions {
+        top: args.top,
+        interval: args.interval,
+        leak_filter: LeakFilter {
+            pids: args.filter.pids.clone(),
+            comm: args.filter.comm.clone(),
+            lports: lports.clone(),
+            rports: rports.clone(),
+            family: family(&args.filter),
+        },
+        scope: Scope {
+            lports,
+            rports,
+            family: family(&args.filter),
+        },
+        max_sockets: args.tuning.max_sockets,
+    });
+    let addr = spawn_http(listener, exposition)?;
+    eprintln!("tcptrace: serving metrics on http://{addr}/metrics");
+    let stats = tracer.run(&mut sink, None, DEFAULT_TICK).await?;
+    eprintln!("{}", stats.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tcptrace hist`: histograms aggregated in the kernel, or from the stream
+/// (the probe `watch` uses) with `--exact`.
+pub async fn hist(args: crate::cli::HistArgs) -> anyhow::Result<ExitCode> {
+    let stream = probe_config(&args.filter, &args.tuning)?;
+    crate::hist::run(args, stream).await
 }
 
 fn ignore_closed_pipe(e: std::io::Error) -> anyhow::Result<()> {

@@ -11,8 +11,9 @@ use aya::{
     programs::TracePoint,
 };
 use tcptrace_common::{
-    AggregateConfig, DROPS_SLOT, Filter, HIST_FULL_SLOT, HistKey, ListenerOwner, MODE_AGGREGATE,
-    MODE_STREAM, Offsets, TASK_COMM_LEN,
+    AggregateConfig, DROPS_SLOT, EVICTED_SLOT, Filter, GROUP_NONE, GROUP_PROCESS, HIST_FULL_SLOT,
+    HIST_MAX_KEYS, HistKey, ListenerOwner, MODE_AGGREGATE, MODE_STREAM, Offsets, SOCKET_WAYS,
+    TASK_COMM_LEN, TOTAL_KINDS, TotalHist,
 };
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -38,8 +39,9 @@ pub struct ProbeConfig {
     pub aggregate: Option<AggregateProbe>,
 }
 
-/// The kernel's aggregate mode: what it groups by, and how many sockets'
-/// timestamps it keeps (LRU beyond that).
+/// The kernel's aggregate mode: what it groups by, and for how many sockets
+/// it keeps timestamps (rounded up to a power of two; beyond that the oldest
+/// entries make room).
 pub struct AggregateProbe {
     pub config: AggregateConfig,
     pub max_sockets: u32,
@@ -54,10 +56,14 @@ pub struct Probe {
     pub offsets: Offsets,
     /// The aggregate mode's maps.
     pub aggregate: Option<AggregateMaps>,
+    /// The loaded program's fd (owned by `_ebpf`), for its run statistics.
+    program_fd: std::os::fd::RawFd,
 }
 
 pub struct AggregateMaps {
-    /// The histograms.
+    /// The histograms when not grouping: per kind and interval parity.
+    pub totals: PerCpuArray<MapData, TotalHist>,
+    /// The histograms when grouping: one counter per key.
     pub hist: PerCpuHashMap<MapData, HistKey, u64>,
     /// Listening port -> owner; seeded with the listeners that predate the probe.
     pub listen_owners: HashMap<MapData, u16, ListenerOwner>,
@@ -83,25 +89,27 @@ impl Probe {
         } else {
             Offsets::NONE
         };
-        let (mode, aggregate, ring_bytes, max_sockets) = match &cfg.aggregate {
-            // The ring buffer stays, unused: its smallest size is a page.
-            Some(a) => (MODE_AGGREGATE, a.config, page_size(), a.max_sockets.max(1)),
-            // The aggregate-only maps shrink to one entry.
-            None => (MODE_STREAM, AggregateConfig::NONE, cfg.ring_bytes, 1),
+        let (mode, aggregate) = match &cfg.aggregate {
+            Some(a) => (
+                MODE_AGGREGATE,
+                AggregateConfig {
+                    socket_sets: socket_entries(a.max_sockets) / SOCKET_WAYS,
+                    ..a.config
+                },
+            ),
+            None => (MODE_STREAM, AggregateConfig::NONE),
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("FILTER", &cfg.filter, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_BYTES", &cfg.wakeup_bytes, true)
             .override_global("MODE", &mode, true)
-            .override_global("AGGREGATE", &aggregate, true)
-            .map_max_entries("EVENTS", ring_bytes)
-            .map_max_entries("SOCKETS", max_sockets)
-            .map_max_entries(
-                "LISTEN_OWNERS",
-                if cfg.aggregate.is_some() { 4096 } else { 1 },
-            )
-            .map_max_entries("COMMS", if cfg.aggregate.is_some() { 16384 } else { 1 })
+            .override_global("AGGREGATE", &aggregate, true);
+        for (map, entries) in map_sizes(cfg) {
+            loader.map_max_entries(map, entries);
+        }
+        let mut ebpf = loader
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/tcptrace"
@@ -125,6 +133,10 @@ impl Probe {
                 TRACEPOINT.0, TRACEPOINT.1
             )
         })?;
+        let program_fd = {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            program.fd()?.as_fd().as_raw_fd()
+        };
         let events = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| anyhow!("map EVENTS missing"))?,
@@ -141,6 +153,7 @@ impl Probe {
                         .ok_or_else(|| anyhow!("map {name} missing"))
                 };
                 Some(AggregateMaps {
+                    totals: PerCpuArray::try_from(take("TOTALS")?)?,
                     hist: PerCpuHashMap::try_from(take("HIST")?)?,
                     listen_owners: HashMap::try_from(take("LISTEN_OWNERS")?)?,
                     comms: HashMap::try_from(take("COMMS")?)?,
@@ -154,6 +167,7 @@ impl Probe {
             drops,
             offsets,
             aggregate,
+            program_fd,
         })
     }
 
@@ -165,6 +179,22 @@ impl Probe {
             .unwrap_or(0)
     }
 
+    /// Runs of the program the kernel skipped because a BPF program (ours or
+    /// another tool's) was already running on that CPU, typically a softirq
+    /// transition interrupting a process-context one: those transitions are
+    /// neither streamed nor counted. The kernel's `recursion_misses` (5.12+),
+    /// 0 where it is not reported.
+    pub fn missed(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.program_fd))
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// Histogram updates the kernel dropped because `HIST` was full.
     pub fn hist_full(&self) -> u64 {
         self.drops
@@ -172,6 +202,48 @@ impl Probe {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+
+    /// Sockets whose timestamps the kernel evicted from a full `SOCKETS` set.
+    pub fn evicted(&self) -> u64 {
+        self.drops
+            .get(&EVICTED_SLOT, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Entries of `SOCKETS` for `max_sockets` sockets: a power of two, whole sets.
+fn socket_entries(max_sockets: u32) -> u32 {
+    max_sockets.clamp(SOCKET_WAYS, 1 << 30).next_power_of_two()
+}
+
+/// Sizes of the maps that depend on the mode: each mode shrinks the maps it
+/// never touches to their minimum, as several are preallocated.
+fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
+    let Some(a) = &cfg.aggregate else {
+        return vec![
+            ("EVENTS", cfg.ring_bytes),
+            ("SOCKETS", SOCKET_WAYS),
+            ("LISTEN_OWNERS", 1),
+            ("COMMS", 1),
+            ("TOTALS", 1),
+            ("HIST", 1),
+        ];
+    };
+    let by = a.config.group_by;
+    let owners = by == GROUP_PROCESS || cfg.filter.n_pids != 0 || a.config.has_comm != 0;
+    vec![
+        // The ring buffer stays, unused: its smallest size is a page.
+        ("EVENTS", page_size()),
+        ("SOCKETS", socket_entries(a.max_sockets)),
+        // The stream's pid filter maps.
+        ("OWNERS", 1),
+        ("LISTENERS", 1),
+        ("LISTEN_OWNERS", if owners { 4096 } else { 1 }),
+        ("COMMS", if by == GROUP_PROCESS { 16384 } else { 1 }),
+        ("TOTALS", if by == GROUP_NONE { TOTAL_KINDS * 2 } else { 1 }),
+        ("HIST", if by == GROUP_NONE { 1 } else { HIST_MAX_KEYS }),
+    ]
 }
 
 fn page_size() -> u32 {

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Watch(args) => commands::watch(args).await,
             Command::Leaks(args) => commands::leaks(args).await,
+            Command::Hist(args) => commands::hist(args).await,
+            Command::Serve(args) => commands::serve(args).await,
         }
     });
     match result {

@@ -21,6 +21,7 @@ fn bad_flags_and_values_are_one_line_and_exit_2() {
         &["leaks", "--interval", "0"],
         &["leaks", "--min-count", "0"],
         &["hist", "0"],
+        &["hist", "0.01"],
         &["hist", "soon"],
         &["hist", "1", "0"],
         &["hist", "1", "-3"],
