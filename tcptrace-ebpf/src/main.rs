@@ -34,6 +34,9 @@ const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 
+/// A record's footprint in the ring: the event and the kernel's 8-byte header.
+const RECORD_BYTES: u64 = core::mem::size_of::<StateEvent>() as u64 + 8;
+
 /// What a map update with BPF_NOEXIST returns when the key exists.
 const EEXIST: i32 = -17;
 
@@ -176,8 +179,12 @@ fn emit(args: &InetSockSetStateArgs, pid_tgid: u64) {
             (*e).comm = [0; TASK_COMM_LEN];
         }
     }
+    // Wake the reader once, with the record that takes the backlog over the
+    // threshold. Waking on every record past it (a reader falling behind)
+    // costs an inter-processor interrupt each: on a VM, most of the program's time.
     let wakeup = WAKEUP_BYTES.load();
-    let flags = if wakeup == 0 || EVENTS.query(0) >= wakeup {
+    let pending = EVENTS.query(0);
+    let flags = if wakeup == 0 || (pending >= wakeup && pending < wakeup + RECORD_BYTES) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

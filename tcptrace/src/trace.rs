@@ -61,6 +61,9 @@ pub struct Stats {
     pub lost: u64,
     pub evicted: u64,
     pub undecodable: u64,
+    /// Runs the kernel skipped because another BPF program was running on
+    /// the CPU (`recursion_misses`): transitions never seen, so never hidden.
+    pub missed: u64,
 }
 
 impl Stats {
@@ -71,6 +74,12 @@ impl Stats {
         );
         if self.undecodable > 0 {
             s.push_str(&format!(", {} undecodable", self.undecodable));
+        }
+        if self.missed > 0 {
+            s.push_str(&format!(
+                ", {} missed (another BPF program was running on the CPU)",
+                self.missed
+            ));
         }
         s
     }
@@ -110,6 +119,7 @@ pub struct Tracer {
     clock: Clock,
     stats: Stats,
     warned_lost: u64,
+    warned_missed: u64,
 }
 
 impl Tracer {
@@ -128,6 +138,7 @@ impl Tracer {
             clock: Clock::new(),
             stats: Stats::default(),
             warned_lost: 0,
+            warned_missed: 0,
         })
     }
 
@@ -204,6 +215,7 @@ impl Tracer {
         Stats {
             lost: self.probe.lost(),
             evicted: self.table.evicted(),
+            missed: self.probe.missed(),
             ..self.stats
         }
     }
@@ -271,6 +283,7 @@ impl Tracer {
                     stats: Stats {
                         lost: self.probe.lost(),
                         evicted: self.table.evicted(),
+                        missed: self.warned_missed,
                         ..self.stats
                     },
                     clock: &self.clock,
@@ -301,6 +314,14 @@ impl Tracer {
                 lost - self.warned_lost
             );
             self.warned_lost = lost;
+        }
+        let missed = self.probe.missed();
+        if missed > self.warned_missed {
+            eprintln!(
+                "tcptrace: warning: {} transitions missed (the kernel skips the program while another BPF program runs on the same CPU)",
+                missed - self.warned_missed
+            );
+            self.warned_missed = missed;
         }
     }
 
