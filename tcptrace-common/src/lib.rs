@@ -64,9 +64,13 @@ pub struct Filter {
     pub n_rports: u16,
     /// 0 for any, else [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
+    /// Stream mode: only transitions out of or into these states (bit n =
+    /// state n); 0 for all. Applied after the owner bookkeeping of `-p`.
+    pub states: u16,
+    pub _pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<Filter>() == 104);
+const _: () = assert!(core::mem::size_of::<Filter>() == 108);
 
 impl Filter {
     pub const NONE: Self = Self {
@@ -77,6 +81,8 @@ impl Filter {
         n_lports: 0,
         n_rports: 0,
         family: 0,
+        states: 0,
+        _pad: 0,
     };
 }
 

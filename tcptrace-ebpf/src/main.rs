@@ -126,6 +126,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if load(&filter.n_pids) != 0 && !owner_passes(&ctx, &args, tgid, filter) {
         return 0;
     }
+    // `leaks` needs only CLOSE_WAIT's comings and goings: the rest never
+    // reaches the ring buffer.
+    let states = load(&filter.states);
+    if states != 0 && states & (state_bit(args.oldstate) | state_bit(args.newstate)) == 0 {
+        return 0;
+    }
     emit(&args, pid_tgid);
     0
 }
@@ -190,6 +196,14 @@ fn emit(args: &InetSockSetStateArgs, pid_tgid: u64) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags.into());
+}
+
+fn state_bit(state: i32) -> u16 {
+    if (0..16).contains(&state) {
+        1 << state
+    } else {
+        0
+    }
 }
 
 fn widen(v4: [u8; 4]) -> [u8; 16] {

@@ -9,6 +9,7 @@ use crate::{
     leaks::{self, Collector, LeakFilter, LeaksSink, Report, Trend},
     loader::ProbeConfig,
     owner::Attributor,
+    state::TcpState,
     trace::{DEFAULT_TICK, Filters, Tracer},
     watch::WatchSink,
 };
@@ -31,8 +32,14 @@ fn family(filter: &FilterArgs) -> Option<u16> {
     Some(filter.family()).filter(|f| *f != 0)
 }
 
+/// Bit n for state n, as the kernel filter's `states` mask wants it.
+fn state_mask(states: &[TcpState]) -> u16 {
+    states.iter().fold(0, |m, s| m | 1 << (*s as u8))
+}
+
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let probe = probe_config(&args.filter, &args.tuning)?;
+    let mut probe = probe_config(&args.filter, &args.tuning)?;
+    probe.filter.states = state_mask(&args.states);
     let filters = Filters {
         pids: args.filter.pids.clone(),
         comm: args.filter.comm.clone(),
@@ -83,7 +90,9 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         });
     }
-    let probe = probe_config(&args.filter, &args.tuning)?;
+    let mut probe = probe_config(&args.filter, &args.tuning)?;
+    // Entering and leaving CLOSE_WAIT, and LAST_ACK's end: all a leak's age needs.
+    probe.filter.states = state_mask(&[TcpState::CloseWait, TcpState::LastAck]);
     // The view reads the socket table and rescans /proc on each refresh, so
     // transitions need neither filtering nor owner lookups here.
     let mut tracer = Tracer::attach(

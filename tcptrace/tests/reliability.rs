@@ -156,17 +156,26 @@ fn output_piped_into_head_ends_quietly() {
     let script = format!(
         "{BIN} watch --json -L {port} | head -n 2 > /dev/null; echo \"${{PIPESTATUS[0]}}\""
     );
-    let child = Command::new("bash")
+    let mut child = Command::new("bash")
         .args(["-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     thread::sleep(Duration::from_millis(1500));
-    // Enough lines to fill head and then hit the closed pipe.
-    connections(&l, port, 5);
-    thread::sleep(Duration::from_millis(500));
-    connections(&l, port, 5);
+    // Traffic until tcptrace notices the closed pipe (its next write after
+    // head exits), bounded; a tracer that never stops fails the test below.
+    for _ in 0..100 {
+        connections(&l, port, 5);
+        thread::sleep(Duration::from_millis(100));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+        panic!("tcptrace kept running after head exited");
+    }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: what tcptrace costs a machine opening and closing
 //! TCP connections as fast as it can, next to no tracer, libbpf-tools'
 //! tcpstates and a bpftrace one-liner; then memory, `leaks --once` and
-//! start-up at scale. Writes BENCHMARKS.md (see bench/report.rs).
+//! start-up at scale. Writes BENCHMARKS.md (see bench/report.rs). With
+//! `--soak SECS`, only the churn soak (bench/soak.rs), which adds its own
+//! section to BENCHMARKS.md.
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +15,7 @@ mod load;
 mod profile;
 mod report;
 mod scale;
+mod soak;
 mod storm;
 mod sys;
 mod tracers;
@@ -48,6 +51,20 @@ pub struct BenchArgs {
     /// run, target/bench/BENCHMARKS-partial.md otherwise]
     #[arg(long, value_name = "PATH")]
     output: Option<PathBuf>,
+    /// Only the churn soak, for SECS seconds (the issue asks for 600): `tcptrace
+    /// watch --json --max-sockets 4096` under the in-repo storm, sampled every
+    /// 10 s; adds or replaces `## Soak` in BENCHMARKS.md (or --output)
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(1..),
+        conflicts_with_all = ["rounds", "secs", "quick", "load", "only", "no_scale", "no_profile"]
+    )]
+    soak: Option<u64>,
+    /// With --soak: hold the storm to at most this many connections per
+    /// second [default: as fast as the storm's threads go]
+    #[arg(long, value_name = "CONNS_PER_SEC", requires = "soak", value_parser = clap::value_parser!(u64).range(1..))]
+    soak_rate: Option<u64>,
     /// Internal: hold N loopback connections open until stdin closes (the
     /// scale figures' helper processes)
     #[arg(long, hide = true, value_name = "N")]
@@ -63,6 +80,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         bail!(
             "the bench loads BPF programs and sets sysctls: run it as root (`sudo -E cargo xtask bench`)"
         );
+    }
+    if let Some(soak_secs) = args.soak {
+        let output = args
+            .output
+            .clone()
+            .unwrap_or_else(|| crate::workspace_root().join("BENCHMARKS.md"));
+        let tcptrace = build_release()?;
+        sys::catch_interrupt();
+        return soak::run(&tcptrace, soak_secs, args.soak_rate, &output);
     }
     let (rounds, secs) = if args.quick {
         (1, 2)
@@ -98,19 +124,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
     });
 
-    // Set-up: packages (nginx, wrk, bpftrace, libbpf-tools, perf), then a release build.
-    if let Err(e) = crate::setup::ensure(false) {
-        println!("bench: set-up incomplete ({e:#}); carrying on with what is installed");
-    }
-    crate::cmd::run(
-        Command::new(crate::cargo())
-            .current_dir(crate::workspace_root())
-            .args(["build", "--release", "-p", "tcptrace"]),
-    )?;
-    let tcptrace = crate::target_dir().join("release").join("tcptrace");
-    if !tcptrace.is_file() {
-        bail!("{} is missing after the build", tcptrace.display());
-    }
+    let tcptrace = build_release()?;
     sys::catch_interrupt();
     let tools = Tools::find(tcptrace);
     let unavailable: Vec<(Config, String)> = configs
@@ -267,9 +281,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         prog_names,
         elapsed: started.elapsed(),
     };
-    let text = report::render(&bench);
+    let mut text = report::render(&bench);
     if let Some(parent) = output.parent() {
         fs::create_dir_all(parent)?;
+    }
+    // The soak is run on its own (`--soak`): keep its section.
+    if let Some(section) = fs::read_to_string(&output)
+        .ok()
+        .as_deref()
+        .and_then(soak::section_of)
+    {
+        text = soak::splice(&text, section);
     }
     fs::write(&output, &text).with_context(|| format!("writing {}", output.display()))?;
     let summaries = report::summarize(&bench);
@@ -287,6 +309,24 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         bench.elapsed.as_secs_f64() / 60.0
     );
     Ok(())
+}
+
+/// Set-up (packages: nginx, wrk, bpftrace, libbpf-tools, perf), then a
+/// release build of tcptrace; its path.
+fn build_release() -> Result<PathBuf> {
+    if let Err(e) = crate::setup::ensure(false) {
+        println!("bench: set-up incomplete ({e:#}); carrying on with what is installed");
+    }
+    crate::cmd::run(
+        Command::new(crate::cargo())
+            .current_dir(crate::workspace_root())
+            .args(["build", "--release", "-p", "tcptrace"]),
+    )?;
+    let tcptrace = crate::target_dir().join("release").join("tcptrace");
+    if !tcptrace.is_file() {
+        bail!("{} is missing after the build", tcptrace.display());
+    }
+    Ok(tcptrace)
 }
 
 fn progress(m: &Measured) -> String {

@@ -78,10 +78,9 @@ impl Load {
         }
     }
 
-    /// The in-repo storm: two client threads per core, one acceptor.
+    /// The in-repo storm with its default threads ([`default_storm`]).
     pub fn storm() -> Result<Self> {
-        let cores = thread::available_parallelism().map_or(2, |n| n.get());
-        Storm::start(2 * cores, 1).map(Load::Storm)
+        default_storm().map(Load::Storm)
     }
 
     pub fn is_storm(&self) -> bool {
@@ -146,6 +145,12 @@ fn wrk(url: &str, secs: u64) -> Result<LoadRun> {
         conns_per_sec: rate,
         errors: (!errors.is_empty()).then(|| errors.join("; ")),
     })
+}
+
+/// The in-repo storm: two client threads per core, one acceptor.
+pub fn default_storm() -> Result<Storm> {
+    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    Storm::start(2 * cores, 1)
 }
 
 pub fn which(program: &str) -> Option<std::path::PathBuf> {

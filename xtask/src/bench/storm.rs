@@ -24,6 +24,9 @@ pub struct Storm {
 pub struct StormRun {
     pub conns_per_sec: f64,
     pub errors: u64,
+    /// Connections completed within the window.
+    pub completed: u64,
+    pub elapsed: Duration,
 }
 
 impl Storm {
@@ -59,23 +62,47 @@ impl Storm {
 
     /// Runs the clients for `secs`; completed connections per second.
     pub fn run(&self, secs: Duration) -> StormRun {
-        let done = Arc::new(AtomicU64::new(0));
+        self.run_observed(
+            secs,
+            None,
+            &Arc::new(AtomicU64::new(0)),
+            &AtomicBool::new(false),
+        )
+    }
+
+    /// [`Storm::run`], with the clients together held to at most `pace`
+    /// connections per second when given, `done` counting completed
+    /// connections as they complete (for a watcher), and `abort` ending the
+    /// run early.
+    pub fn run_observed(
+        &self,
+        secs: Duration,
+        pace: Option<f64>,
+        done: &Arc<AtomicU64>,
+        abort: &AtomicBool,
+    ) -> StormRun {
         let errors = Arc::new(AtomicU64::new(0));
         let until = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
+        let base = done.load(Ordering::Relaxed);
+        // Each client's share of the pace: one connection per `interval`.
+        let interval = pace
+            .filter(|p| *p > 0.0)
+            .map(|p| Duration::from_secs_f64(self.clients as f64 / p));
         let clients: Vec<_> = (0..self.clients)
             .map(|_| {
                 let (done, errors, until) =
-                    (Arc::clone(&done), Arc::clone(&errors), Arc::clone(&until));
+                    (Arc::clone(done), Arc::clone(&errors), Arc::clone(&until));
                 let addr = self.addr;
-                thread::spawn(move || client(addr, &until, &done, &errors))
+                thread::spawn(move || client(addr, interval, &until, &done, &errors))
             })
             .collect();
-        while start.elapsed() < secs && !super::sys::interrupted() {
+        while start.elapsed() < secs && !super::sys::interrupted() && !abort.load(Ordering::Relaxed)
+        {
             thread::sleep(Duration::from_millis(10));
         }
         // Count what finished within the window only.
-        let completed = done.load(Ordering::Relaxed);
+        let completed = done.load(Ordering::Relaxed) - base;
         let elapsed = start.elapsed();
         until.store(true, Ordering::Relaxed);
         for c in clients {
@@ -84,6 +111,8 @@ impl Storm {
         StormRun {
             conns_per_sec: completed as f64 / elapsed.as_secs_f64(),
             errors: errors.load(Ordering::Relaxed),
+            completed,
+            elapsed,
         }
     }
 }
@@ -113,9 +142,26 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) {
     }
 }
 
-fn client(addr: SocketAddr, until: &AtomicBool, done: &AtomicU64, errors: &AtomicU64) {
+fn client(
+    addr: SocketAddr,
+    interval: Option<Duration>,
+    until: &AtomicBool,
+    done: &AtomicU64,
+    errors: &AtomicU64,
+) {
     let mut buf = [0u8; 64];
+    let mut next = Instant::now();
     while !until.load(Ordering::Relaxed) {
+        if let Some(interval) = interval {
+            // Paced: no bursts to catch up after a stall, at most one
+            // interval's worth of lag is kept.
+            let now = Instant::now();
+            if next > now {
+                thread::sleep((next - now).min(Duration::from_millis(100)));
+                continue;
+            }
+            next = (next + interval).max(now.checked_sub(interval).unwrap_or(now));
+        }
         let mut conn = match TcpStream::connect(addr) {
             Ok(c) => c,
             Err(_) => {
@@ -150,5 +196,22 @@ mod tests {
         let storm = Storm::start(2, 1).unwrap();
         let run = storm.run(Duration::from_millis(300));
         assert!(run.conns_per_sec > 100.0, "{}", run.conns_per_sec);
+        assert!(run.completed > 30);
+    }
+
+    #[test]
+    fn paced_storm_keeps_to_its_pace() {
+        let storm = Storm::start(2, 1).unwrap();
+        let done = Arc::new(AtomicU64::new(0));
+        let run = storm.run_observed(
+            Duration::from_millis(500),
+            Some(200.0),
+            &done,
+            &AtomicBool::new(false),
+        );
+        // 100 connections in 0.5 s, give or take the first interval.
+        assert!(run.completed <= 110, "{}", run.completed);
+        assert!(run.completed >= 50, "{}", run.completed);
+        assert_eq!(done.load(Ordering::Relaxed), run.completed);
     }
 }

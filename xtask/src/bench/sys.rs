@@ -202,6 +202,51 @@ pub fn bpf_progs(pid: u32) -> Vec<ProgStats> {
     progs
 }
 
+/// The BPF objects a process holds open, by kernel id, from its fds'
+/// fdinfo (`prog_id`, `map_id`, `link_id`), and how many fds it has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub fds: usize,
+    pub progs: Vec<u32>,
+    pub maps: Vec<u32>,
+    pub links: Vec<u32>,
+}
+
+/// What `pid` holds now; `None` when its fds cannot be read (it is gone).
+pub fn held(pid: u32) -> Option<Held> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut held = Held::default();
+    for fd in fds.flatten() {
+        held.fds += 1;
+        let Ok(link) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        let (field, ids) = match link.to_str() {
+            Some("anon_inode:bpf-prog") => ("prog_id", &mut held.progs),
+            Some("anon_inode:bpf-map") => ("map_id", &mut held.maps),
+            Some("anon_inode:bpf_link") => ("link_id", &mut held.links),
+            _ => continue,
+        };
+        let info_path = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let Ok(info) = fs::read_to_string(info_path) else {
+            continue;
+        };
+        let id = info.lines().find_map(|l| {
+            let v = l.strip_prefix(field)?.strip_prefix(':')?;
+            v.trim().parse::<u32>().ok()
+        });
+        if let Some(id) = id
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    for ids in [&mut held.progs, &mut held.maps, &mut held.links] {
+        ids.sort_unstable();
+    }
+    Some(held)
+}
+
 /// The program's name as the kernel stores it (15 characters at most), from
 /// `bpftool prog show id ID`.
 pub fn prog_name(id: u32) -> Option<String> {
@@ -339,6 +384,16 @@ impl Proc {
         }
     }
 
+    /// The stderr lines that came since the last look, without waiting.
+    pub fn drain(&mut self) -> Vec<String> {
+        let mut new = Vec::new();
+        while let Ok((_, line)) = self.rx.try_recv() {
+            new.push(line);
+        }
+        self.lines.extend(new.iter().cloned());
+        new
+    }
+
     pub fn running(&mut self) -> bool {
         if self.status.is_some() {
             return false;
@@ -415,6 +470,25 @@ pub fn parse_summary(lines: &[String]) -> Option<(u64, u64, u64)> {
     })
 }
 
+/// The `N missed` part of tcptrace's summary line (absent when none were
+/// missed, so 0 whenever there is a summary line).
+pub fn parse_missed(lines: &[String]) -> Option<u64> {
+    parse_summary(lines)?;
+    let line = lines.iter().rev().find(|l| {
+        l.strip_prefix("tcptrace: ")
+            .is_some_and(|r| r.contains(" events, "))
+    })?;
+    Some(
+        line.split(',')
+            .find_map(|part| {
+                let mut words = part.split_whitespace();
+                let n: u64 = words.next()?.parse().ok()?;
+                (words.next()? == "missed").then_some(n)
+            })
+            .unwrap_or(0),
+    )
+}
+
 /// `tcptrace hist`'s: `tcptrace: 120 dwell times measured in the kernel, 0 dropped`.
 pub fn parse_hist_summary(lines: &[String]) -> Option<(u64, u64)> {
     lines.iter().rev().find_map(|l| {
@@ -437,6 +511,14 @@ mod tests {
         ];
         assert_eq!(parse_summary(&lines), Some((120, 3, 0)));
         assert_eq!(parse_summary(&lines[..1]), None);
+        assert_eq!(parse_missed(&lines), Some(0));
+        assert_eq!(parse_missed(&lines[..1]), None);
+        let missed = vec![
+            "tcptrace: 9 events, 0 lost, 2 evicted, 7 missed (another BPF program was running on the CPU)"
+                .to_owned(),
+        ];
+        assert_eq!(parse_summary(&missed), Some((9, 0, 2)));
+        assert_eq!(parse_missed(&missed), Some(7));
         let hist =
             vec!["tcptrace: 134890 dwell times measured in the kernel, 2 dropped".to_owned()];
         assert_eq!(parse_hist_summary(&hist), Some((134890, 2)));

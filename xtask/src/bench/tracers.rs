@@ -236,7 +236,9 @@ pub fn tail(lines: &[String]) -> String {
     }
 }
 
-fn wait_attached(proc: &mut Proc, poker: &Poker, timeout: Duration) -> Result<()> {
+/// Waits until a test connection moves the run count of a BPF program the
+/// tracer holds: proof that it is attached.
+pub fn wait_attached(proc: &mut Proc, poker: &Poker, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         sys::bail_if_interrupted()?;
