@@ -9,6 +9,7 @@ use crate::{
     leaks::{self, Collector, LeakFilter, LeaksSink, Report, Trend},
     loader::ProbeConfig,
     owner::Attributor,
+    sockdiag,
     state::TcpState,
     trace::{DEFAULT_TICK, Filters, Tracer},
     watch::WatchSink,
@@ -51,7 +52,12 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         args.tuning.max_sockets,
         Attributor::new(Some(HolderIndex::new())),
     )?;
-    tracer.seed_existing(family(&args.filter))?;
+    // Listeners, for the owner of sockets accepted before we saw them; the
+    // rest would only cost memory: their dwell times are unknown anyway.
+    tracer.seed_existing(
+        family(&args.filter),
+        sockdiag::state_bit(sockdiag::TCP_LISTEN),
+    )?;
     let stdout = std::io::stdout().lock();
     let mut sink = WatchSink::new(
         BufWriter::with_capacity(64 * 1024, stdout),
@@ -101,7 +107,10 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
         args.tuning.max_sockets,
         Attributor::new(None),
     )?;
-    tracer.seed_existing(family(&args.filter))?;
+    tracer.seed_existing(
+        family(&args.filter),
+        sockdiag::state_bit(sockdiag::TCP_CLOSE_WAIT),
+    )?;
     let clear_screen = std::io::IsTerminal::is_terminal(&stdout) && !args.json;
     let mut sink = LeaksSink {
         out: stdout,
@@ -134,7 +143,8 @@ pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
         args.tuning.max_sockets,
         Attributor::new(Some(HolderIndex::new())),
     )?;
-    tracer.seed_existing(family(&args.filter))?;
+    // tcptrace_sockets{state} counts the sockets that existed at start too.
+    tracer.seed_existing(family(&args.filter), sockdiag::ALL_STATES)?;
     let lports = args.filter.lports.clone().map(|p| p.0).unwrap_or_default();
     let rports = args.filter.rports.clone().map(|p| p.0).unwrap_or_default();
     let (mut sink, exposition) = ServeSink::new(ServeOptions {

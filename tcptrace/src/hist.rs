@@ -687,7 +687,10 @@ async fn exact(
         Attributor::new(owners_matter.then(HolderIndex::new)),
     )?;
     let family = Some(args.filter.family()).filter(|f| *f != 0);
-    tracer.seed_existing(family)?;
+    tracer.seed_existing(
+        family,
+        crate::sockdiag::state_bit(crate::sockdiag::TCP_LISTEN),
+    )?;
     let mut sink = ExactSink {
         out,
         report,
