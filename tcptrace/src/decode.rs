@@ -149,6 +149,27 @@ pub fn endpoint(addr: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(addr, port).to_string()
 }
 
+/// A loopback IPv4 event for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_event(skaddr: u64, ts_ms: u64, old: TcpState, new: TcpState) -> Event {
+    Event {
+        ts_ns: ts_ms * 1_000_000,
+        skaddr,
+        cgroup_id: 0,
+        inode: 0,
+        family: Family::V4,
+        laddr: Ipv4Addr::LOCALHOST.into(),
+        lport: 5000,
+        raddr: Ipv4Addr::LOCALHOST.into(),
+        rport: 61616,
+        tgid: 1,
+        tid: 1,
+        comm: "t".into(),
+        oldstate: old,
+        newstate: new,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

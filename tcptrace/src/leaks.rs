@@ -22,7 +22,7 @@ use crate::{
     decode::endpoint,
     holders::{Holder, HolderIndex, process_info},
     sockdiag::{self, DiagSocket},
-    socket_table::{Socket, Tuple},
+    socket_table::{Socket, SocketTable, Tuple},
     state::TcpState,
     trace::{Context, Sink, Transition},
 };
@@ -72,6 +72,15 @@ pub struct ProcessLeaks {
 }
 
 impl ProcessLeaks {
+    /// Open fds, fd limit and container, if the process (same start time) still runs.
+    pub fn fill_process_facts(&mut self) {
+        if let Some(info) = process_info(self.pid).filter(|i| i.start_time == self.start_time) {
+            self.fds = Some(info.open_fds);
+            self.fd_limit = info.fd_limit;
+            self.container = cgroup_path_of_pid(self.pid).and_then(|p| container_id(&p));
+        }
+    }
+
     pub fn oldest(&self) -> Option<&LeakSocket> {
         self.sockets.iter().max_by_key(|s| s.age)
     }
@@ -120,7 +129,7 @@ impl LeakFilter {
             && self.family.is_none_or(|f| f == d.family)
     }
 
-    fn process_passes(&self, p: &ProcessLeaks) -> bool {
+    pub fn process_passes(&self, p: &ProcessLeaks) -> bool {
         (self.pids.is_empty() || self.pids.contains(&p.pid))
             && self.comm.as_ref().is_none_or(|c| *c == p.comm)
     }
@@ -195,12 +204,17 @@ impl Collector {
         }
     }
 
-    /// `known`: sockets whose entry into CLOSE_WAIT was traced (exact ages).
+    /// `table`: sockets whose entry into CLOSE_WAIT was traced give exact ages.
     pub fn collect(
         &mut self,
-        known: &HashMap<Tuple, &Socket>,
+        table: &SocketTable,
         now_ns: u64,
     ) -> anyhow::Result<Vec<ProcessLeaks>> {
+        let known: HashMap<Tuple, &Socket> = table
+            .iter()
+            .filter(|(_, s)| s.state == TcpState::CloseWait)
+            .map(|(_, s)| (s.tuple, s))
+            .collect();
         let states = sockdiag::state_bit(sockdiag::TCP_CLOSE_WAIT)
             | sockdiag::state_bit(sockdiag::TCP_LISTEN);
         let dump = sockdiag::dump_tcp(states, self.filter.family)?;
@@ -264,11 +278,7 @@ impl Collector {
         let mut rows = group(sockets);
         rows.retain(|r| self.filter.process_passes(r));
         for r in &mut rows {
-            if let Some(info) = process_info(r.pid).filter(|i| i.start_time == r.start_time) {
-                r.fds = Some(info.open_fds);
-                r.fd_limit = info.fd_limit;
-                r.container = cgroup_path_of_pid(r.pid).and_then(|p| container_id(&p));
-            }
+            r.fill_process_facts();
         }
         Ok(rows)
     }
@@ -461,7 +471,7 @@ pub fn leak_found(rows: &[ProcessLeaks], min_age: Duration, min_count: u64) -> b
 
 /// One snapshot from the sockets that exist now, without tracing.
 pub fn snapshot(filter: LeakFilter) -> anyhow::Result<Vec<ProcessLeaks>> {
-    Collector::new(filter).collect(&HashMap::new(), monotonic_ns())
+    Collector::new(filter).collect(&SocketTable::new(1), monotonic_ns())
 }
 
 /// The live view as a trace sink.
@@ -495,16 +505,10 @@ impl<W: Write> Sink for LeaksSink<W> {
             return Ok(ControlFlow::Continue(()));
         }
         self.last = Some(now);
-        let known: HashMap<Tuple, &Socket> = ctx
-            .table
-            .iter()
-            .filter(|(_, s)| s.state == TcpState::CloseWait)
-            .map(|(_, s)| (s.tuple, s))
-            .collect();
         let now_ns = monotonic_ns();
         let mut rows = self
             .collector
-            .collect(&known, now_ns)
+            .collect(ctx.table, now_ns)
             .map_err(io::Error::other)?;
         self.trend.record(&mut rows, now);
         let time = ctx.clock.rfc3339(now_ns);

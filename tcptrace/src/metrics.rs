@@ -474,12 +474,8 @@ impl HandshakeTracker {
 
     fn start(&mut self, key: u64, kind: Handshake, ts_ns: u64) {
         if self.open.len() >= self.cap && !self.open.contains_key(&key) {
-            let batch = (self.cap / 16).max(1);
-            let mut ages: Vec<(u64, u64)> = self.open.iter().map(|(k, v)| (v.1, *k)).collect();
-            if batch < ages.len() {
-                ages.select_nth_unstable(batch);
-            }
-            for (_, k) in ages.into_iter().take(batch) {
+            let ages = self.open.iter().map(|(k, v)| (v.1, *k));
+            for k in crate::socket_table::eviction_batch(ages, self.cap) {
                 self.open.remove(&k);
             }
         }
@@ -502,24 +498,7 @@ mod tests {
 
     use TcpState::*;
 
-    fn ev(skaddr: u64, ts_ms: u64, old: TcpState, new: TcpState) -> Event {
-        Event {
-            ts_ns: ts_ms * 1_000_000,
-            skaddr,
-            cgroup_id: 0,
-            inode: 0,
-            family: AddrFamily::V4,
-            laddr: Ipv4Addr::LOCALHOST.into(),
-            lport: 5000,
-            raddr: Ipv4Addr::LOCALHOST.into(),
-            rport: 61616,
-            tgid: 1,
-            tid: 1,
-            comm: "t".into(),
-            oldstate: old,
-            newstate: new,
-        }
-    }
+    use crate::decode::test_event as ev;
 
     fn sock(state: TcpState, lport: u16) -> Socket {
         Socket {

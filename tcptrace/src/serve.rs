@@ -32,12 +32,11 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::{
-    cgroup::{cgroup_path_of_pid, container_id},
     clock::{Clock, monotonic_ns},
-    holders::{HolderIndex, process_info},
+    holders::HolderIndex,
     leaks::{Collector, LeakFilter, LeakSocket, ProcessLeaks, group},
     metrics::{self, Exposition, Metrics},
-    socket_table::{Socket, SocketTable, Tuple},
+    socket_table::{Socket, SocketTable},
     state::TcpState,
     trace::{Context, Sink, Transition},
 };
@@ -245,14 +244,8 @@ impl ServeSink {
     }
 
     fn refresh_rows(&mut self, ctx: &Context<'_>) {
-        let known: HashMap<Tuple, &Socket> = ctx
-            .table
-            .iter()
-            .filter(|(_, s)| s.state == TcpState::CloseWait)
-            .map(|(_, s)| (s.tuple, s))
-            .collect();
         let now_ns = monotonic_ns();
-        match self.collector.collect(&known, now_ns) {
+        match self.collector.collect(ctx.table, now_ns) {
             Ok(mut rows) => {
                 self.add_unlisted(&mut rows, ctx.table, now_ns);
                 self.metrics.set_close_wait(&rows, self.opts.top);
@@ -306,9 +299,7 @@ impl ServeSink {
         }
         let filter = &self.opts.leak_filter;
         for mut new in group(unlisted) {
-            if !(filter.pids.is_empty() || filter.pids.contains(&new.pid))
-                || filter.comm.as_ref().is_some_and(|c| *c != new.comm)
-            {
+            if !filter.process_passes(&new) {
                 continue;
             }
             match rows
@@ -320,13 +311,7 @@ impl ServeSink {
                     row.sockets.sort_by_key(|s| std::cmp::Reverse(s.age));
                 }
                 None => {
-                    if let Some(info) =
-                        process_info(new.pid).filter(|i| i.start_time == new.start_time)
-                    {
-                        new.fds = Some(info.open_fds);
-                        new.fd_limit = info.fd_limit;
-                        new.container = cgroup_path_of_pid(new.pid).and_then(|p| container_id(&p));
-                    }
+                    new.fill_process_facts();
                     rows.push(new);
                 }
             }
@@ -424,7 +409,7 @@ mod tests {
     use http_body_util::BodyExt as _;
 
     use super::*;
-    use crate::decode::Family;
+    use crate::{decode::Family, socket_table::Tuple};
 
     fn body(r: Response<Full<Bytes>>) -> (StatusCode, String, String) {
         let status = r.status();

@@ -155,21 +155,25 @@ impl SocketTable {
         if self.sockets.len() < self.cap {
             return;
         }
-        // Evict in batches (1/16 of the table) so the scan is amortised.
-        let batch = (self.cap / 16).max(1);
-        let mut ages: Vec<(u64, u64)> =
-            self.sockets.iter().map(|(k, s)| (s.since_ns, *k)).collect();
-        let n = batch.min(ages.len());
-        if n < ages.len() {
-            ages.select_nth_unstable(n);
-        }
-        for (_, key) in ages.into_iter().take(n) {
+        let ages = self.sockets.iter().map(|(k, s)| (s.since_ns, *k));
+        for key in eviction_batch(ages, self.cap) {
             if let Some(s) = self.sockets.remove(&key) {
                 self.seeded.remove(&s.tuple);
                 self.evicted += 1;
             }
         }
     }
+}
+
+/// The keys to evict from a full map of `cap` entries, given (timestamp, key)
+/// pairs: the oldest 1/16 of it, so the O(n) scan is amortised over many inserts.
+pub fn eviction_batch(ages: impl Iterator<Item = (u64, u64)>, cap: usize) -> Vec<u64> {
+    let batch = (cap / 16).max(1);
+    let mut ages: Vec<(u64, u64)> = ages.collect();
+    if batch < ages.len() {
+        ages.select_nth_unstable(batch);
+    }
+    ages.into_iter().take(batch).map(|(_, k)| k).collect()
 }
 
 fn merge_tuple(prev: Option<Tuple>, now: Tuple) -> Tuple {
@@ -200,28 +204,10 @@ fn merge_tuple(prev: Option<Tuple>, now: Tuple) -> Tuple {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use super::*;
 
-    fn ev(skaddr: u64, ts_ms: u64, old: TcpState, new: TcpState) -> Event {
-        Event {
-            ts_ns: ts_ms * 1_000_000,
-            skaddr,
-            cgroup_id: 0,
-            inode: 0,
-            family: Family::V4,
-            laddr: Ipv4Addr::LOCALHOST.into(),
-            lport: 5000,
-            raddr: Ipv4Addr::LOCALHOST.into(),
-            rport: 61616,
-            tgid: 1,
-            tid: 1,
-            comm: "t".into(),
-            oldstate: old,
-            newstate: new,
-        }
-    }
+    use crate::decode::test_event as ev;
 
     use TcpState::*;
 

@@ -5,72 +5,14 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    io::Write,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use common::*;
 use serde_json::Value;
-
-const LEAKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scenarios/leaker.py");
-
-/// A leaking python process; killed with its children when dropped.
-struct Scenario {
-    child: Child,
-    holder: u32,
-    others: Vec<u32>,
-    port: u16,
-}
-
-impl Scenario {
-    fn start(mode: &str, n: usize, port: u16, host: &str) -> Self {
-        let mut child = Command::new("/usr/bin/python3")
-            .args([LEAKER, mode, &n.to_string(), &port.to_string(), host])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("leaker said {line:?}: {e}"));
-        Self {
-            holder: v["holder"].as_u64().unwrap() as u32,
-            others: v["others"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_u64().unwrap() as u32)
-                .collect(),
-            port: v["port"].as_u64().unwrap() as u16,
-            child,
-        }
-    }
-}
-
-impl Drop for Scenario {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        for pid in std::iter::once(self.holder).chain(self.others.iter().copied()) {
-            // SAFETY: kill(2) on processes this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Accepts `n` connections and closes them: the connecting side goes to CLOSE_WAIT.
-fn close_all_accepted(l: &TcpListener, n: usize) {
-    for _ in 0..n {
-        let (s, _) = l.accept().unwrap();
-        drop(s);
-    }
-}
 
 /// `ss -tanp state close-wait` for sockets touching `port`: pid -> sorted peers.
 fn ss_truth(port: u16) -> BTreeMap<u32, Vec<String>> {

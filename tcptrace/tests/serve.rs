@@ -11,7 +11,7 @@ use std::{
     collections::BTreeSet,
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -22,10 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BIN, closed_port, listener, run};
+use common::{BIN, Scenario, close_all_accepted, closed_port, listener, run};
 use serde_json::Value;
 
-const LEAKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scenarios/leaker.py");
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -337,54 +336,6 @@ fn single(result: &[Value]) -> Option<f64> {
     (result.len() == 1).then(|| value(&result[0]))
 }
 
-/// A python process leaking CLOSE_WAIT sockets (tests/scenarios/leaker.py);
-/// killed when dropped, which closes its sockets.
-struct Leaker {
-    child: Child,
-    holder: u32,
-}
-
-impl Leaker {
-    fn client(n: usize, port: u16, host: &str) -> Self {
-        Self::client_in(None, n, port, host)
-    }
-
-    /// In network namespace `netns` when given (`ip netns exec`).
-    fn client_in(netns: Option<&str>, n: usize, port: u16, host: &str) -> Self {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "/usr/bin/python3"]);
-                c
-            }
-            None => Command::new("/usr/bin/python3"),
-        };
-        let mut child = cmd
-            .args([LEAKER, "client", &n.to_string(), &port.to_string(), host])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("leaker said {line:?}: {e}"));
-        Self {
-            holder: v["holder"].as_u64().unwrap() as u32,
-            child,
-        }
-    }
-}
-
-impl Drop for Leaker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A network namespace with loopback up, deleted (with what runs in it) when dropped.
 struct NetNs(String);
 
@@ -417,13 +368,6 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// The server closes each connection it accepts: the client's end goes to CLOSE_WAIT.
-fn close_all_accepted(l: &TcpListener, n: usize) {
-    for _ in 0..n {
-        drop(l.accept().unwrap().0);
     }
 }
 
@@ -472,7 +416,7 @@ fn prometheus_scrapes_a_close_wait_leak_and_the_duration_histograms() {
     });
 
     let (l, port) = listener("[::1]:0");
-    let leak = Leaker::client(4, port, "::1");
+    let leak = Scenario::start("client", 4, port, "::1");
     close_all_accepted(&l, 4);
     let leaked_at = Instant::now();
     let pid = leak.holder.to_string();
@@ -657,7 +601,7 @@ fn a_leak_in_a_containers_own_network_namespace_is_named_with_the_container() {
     let cgroup = DockerCgroup::new(&id);
     let serve = Serve::start(&["--interval", "0.5"]);
     let server = NsServer::start(&ns.0, 3);
-    let leak = Leaker::client_in(Some(&ns.0), 3, server.port, "127.0.0.1");
+    let leak = Scenario::start_in(Some(&ns.0), "client", 3, server.port, "127.0.0.1");
     cgroup.enter(leak.holder);
     let labels = format!(
         "{{pid=\"{}\",comm=\"python3\",container=\"5e7a9c0d1b2f\"}} ",
@@ -1007,7 +951,7 @@ fn the_units_capabilities_are_enough_without_root() {
     let serve = Serve::start_with(cmd, &["--interval", "0.5"]);
     // A leak by a root process: its holder must still be named.
     let (l, port) = listener("127.0.0.1:0");
-    let leak = Leaker::client(3, port, "127.0.0.1");
+    let leak = Scenario::start("client", 3, port, "127.0.0.1");
     close_all_accepted(&l, 3);
     let n = serve.wait_for_line(
         &format!(

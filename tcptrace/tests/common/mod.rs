@@ -262,3 +262,74 @@ pub fn port_of(v: &Value, key: &str) -> u16 {
 pub fn my_pid() -> u32 {
     std::process::id()
 }
+
+const LEAKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scenarios/leaker.py");
+
+/// A python process leaking CLOSE_WAIT sockets (tests/scenarios/leaker.py);
+/// killed with its children when dropped, which closes its sockets.
+pub struct Scenario {
+    child: Child,
+    pub holder: u32,
+    pub others: Vec<u32>,
+    pub port: u16,
+}
+
+impl Scenario {
+    pub fn start(mode: &str, n: usize, port: u16, host: &str) -> Self {
+        Self::start_in(None, mode, n, port, host)
+    }
+
+    /// In network namespace `netns` when given (`ip netns exec`).
+    pub fn start_in(netns: Option<&str>, mode: &str, n: usize, port: u16, host: &str) -> Self {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/bin/python3"]);
+                c
+            }
+            None => Command::new("/usr/bin/python3"),
+        };
+        let mut child = cmd
+            .args([LEAKER, mode, &n.to_string(), &port.to_string(), host])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("leaker said {line:?}: {e}"));
+        Self {
+            holder: v["holder"].as_u64().unwrap() as u32,
+            others: v["others"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as u32)
+                .collect(),
+            port: v["port"].as_u64().unwrap() as u16,
+            child,
+        }
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        for pid in std::iter::once(self.holder).chain(self.others.iter().copied()) {
+            // SAFETY: kill(2) on processes this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Accepts `n` connections and closes them: the connecting side goes to CLOSE_WAIT.
+pub fn close_all_accepted(l: &TcpListener, n: usize) {
+    for _ in 0..n {
+        drop(l.accept().unwrap().0);
+    }
+}
