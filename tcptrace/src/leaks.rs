@@ -204,6 +204,11 @@ impl Collector {
         }
     }
 
+    /// Holders of a socket inode as the last `collect`'s /proc scan saw them.
+    pub fn holders(&self, inode: u64) -> Vec<Holder> {
+        self.index.cached(inode)
+    }
+
     /// `table`: sockets whose entry into CLOSE_WAIT was traced give exact ages.
     pub fn collect(
         &mut self,

@@ -33,7 +33,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::{
     clock::{Clock, monotonic_ns},
-    holders::HolderIndex,
     leaks::{Collector, LeakFilter, LeakSocket, ProcessLeaks, group},
     metrics::{self, Exposition, Metrics},
     socket_table::{Socket, SocketTable},
@@ -218,7 +217,6 @@ pub struct ServeSink {
     metrics: Metrics,
     collector: Collector,
     /// Holders of the CLOSE_WAIT sockets sock_diag cannot list.
-    holders: HolderIndex,
     opts: ServeOptions,
     last_snapshot: Option<Instant>,
     last_rows: Option<Instant>,
@@ -233,7 +231,6 @@ impl ServeSink {
         let sink = Self {
             metrics,
             collector: Collector::new(opts.leak_filter.clone()),
-            holders: HolderIndex::new(),
             opts,
             last_snapshot: None,
             last_rows: None,
@@ -271,7 +268,8 @@ impl ServeSink {
             .iter()
             .flat_map(|r| r.sockets.iter().map(|s| s.inode))
             .collect();
-        let (scope, index) = (&self.opts.scope, &mut self.holders);
+        // The collector has just rescanned /proc: its index is fresh.
+        let (scope, collector) = (&self.opts.scope, &self.collector);
         let unlisted: Vec<LeakSocket> = table
             .iter()
             .map(|(_, s)| s)
@@ -282,7 +280,7 @@ impl ServeSink {
                     && scope.keeps(s)
             })
             .filter_map(|s| {
-                let holders = index.holders(s.inode, s.owner.as_ref().map(|o| o.pid));
+                let holders = collector.holders(s.inode);
                 // No holder: it closed since the dump; not a leak.
                 (!holders.is_empty()).then(|| LeakSocket {
                     tuple: s.tuple,
