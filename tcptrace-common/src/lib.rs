@@ -87,19 +87,19 @@ impl Filter {
 }
 
 /// Byte offsets of the fields followed from a `struct sock` to its socket
-/// inode, read from the running kernel's BTF by the loader. An offset of
-/// [`Offsets::UNKNOWN`] disables the walk (the event then carries inode 0).
+/// inode number, read from the running kernel's BTF by the loader. An offset
+/// of [`Offsets::UNKNOWN`] disables the walk (the event then carries inode 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
     /// `struct sock.sk_socket`
     pub sock_sk_socket: u32,
-    /// `struct socket.file`
-    pub socket_file: u32,
-    /// `struct file.f_inode`
-    pub file_f_inode: u32,
+    /// `struct socket_alloc.vfs_inode`: a socket and its inode are allocated
+    /// together, so `SOCK_INODE(sock)` is a fixed offset away.
+    pub socket_alloc_vfs_inode: u32,
     /// `struct inode.i_ino`
     pub inode_i_ino: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 16);
@@ -108,10 +108,19 @@ impl Offsets {
     pub const UNKNOWN: u32 = u32::MAX;
     pub const NONE: Self = Self {
         sock_sk_socket: Self::UNKNOWN,
-        socket_file: Self::UNKNOWN,
-        file_f_inode: Self::UNKNOWN,
+        socket_alloc_vfs_inode: Self::UNKNOWN,
         inode_i_ino: Self::UNKNOWN,
+        _pad: 0,
     };
+}
+
+/// Whether the transition into `newstate` is one only a system call on the
+/// socket makes (connect, listen, close, shutdown), so the task on the CPU
+/// is the socket's user. The others run in softirq, where the task on the
+/// CPU is whoever was interrupted (`swapper`, `ksoftirqd`, on loopback the peer).
+pub const fn in_process_context(newstate: u8) -> bool {
+    // SYN_SENT, FIN_WAIT1, LAST_ACK, LISTEN (include/net/tcp_states.h).
+    matches!(newstate, 2 | 4 | 9 | 10)
 }
 
 /// The record of `sock:inet_sock_set_state`, laid out as

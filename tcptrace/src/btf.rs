@@ -1,7 +1,8 @@
 //! Field offsets from the running kernel's BTF.
 //!
-//! The kernel program follows `sk->sk_socket->file->f_inode->i_ino` with
-//! `bpf_probe_read_kernel`, so it needs the offsets of those four fields. They
+//! The kernel program reads `sk->sk_socket` and then the `i_ino` of the inode
+//! allocated with that socket (`struct socket_alloc`) with
+//! `bpf_probe_read_kernel`, so it needs the offsets of those three fields. They
 //! move between kernel versions and configs, so we read them from
 //! `/sys/kernel/btf/vmlinux` at start instead of compiling them in.
 //!
@@ -16,7 +17,7 @@ use tcptrace_common::Offsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Offsets of sock.sk_socket, socket.file, file.f_inode, inode.i_ino in bytes.
+/// Offsets of sock.sk_socket, socket_alloc.vfs_inode, inode.i_ino in bytes.
 pub fn socket_inode_offsets() -> Result<Offsets> {
     let bytes = std::fs::read(VMLINUX_BTF).with_context(|| {
         format!("reading {VMLINUX_BTF} (is the kernel built with CONFIG_DEBUG_INFO_BTF?)")
@@ -32,9 +33,9 @@ fn offsets_from(bytes: &[u8], origin: &str) -> Result<Offsets> {
     let btf = Btf::parse_from(bytes, origin)?;
     Ok(Offsets {
         sock_sk_socket: btf.member_offset("sock", "sk_socket")?,
-        socket_file: btf.member_offset("socket", "file")?,
-        file_f_inode: btf.member_offset("file", "f_inode")?,
+        socket_alloc_vfs_inode: btf.member_offset("socket_alloc", "vfs_inode")?,
         inode_i_ino: btf.member_offset("inode", "i_ino")?,
+        _pad: 0,
     })
 }
 
@@ -773,20 +774,21 @@ mod tests {
             400,
             &[("__sk_common", long, 0), ("sk_socket", void_ptr, 288 * 8)],
         );
+        let socket = b.structure("socket", 128, &[("state", long, 0)]);
+        let inode = b.structure("inode", 128, &[("i_ino", long, 64 * 8)]);
+        // Anonymous members are walked into: the offset is the sum.
+        let anon = b.union("", 128, &[("vfs_inode", inode, 0)]);
         b.structure(
-            "socket",
-            64,
-            &[("state", long, 0), ("file", void_ptr, 16 * 8)],
+            "socket_alloc",
+            256,
+            &[("socket", socket, 0), ("", anon, 128 * 8)],
         );
-        let anon = b.union("", 8, &[("f_inode", void_ptr, 0)]);
-        b.structure("file", 64, &[("f_lock", long, 0), ("", anon, 32 * 8)]);
-        b.structure("inode", 128, &[("i_ino", long, 64 * 8)]);
         let got = socket_inode_offsets_from(&b.build()).unwrap();
         let want = Offsets {
             sock_sk_socket: 288,
-            socket_file: 16,
-            file_f_inode: 32,
+            socket_alloc_vfs_inode: 128,
             inode_i_ino: 64,
+            _pad: 0,
         };
         assert_eq!(got, want);
 
@@ -861,12 +863,11 @@ mod tests {
         let got = socket_inode_offsets().unwrap_or_else(|e| panic!("{e:#}"));
         for v in [
             got.sock_sk_socket,
-            got.socket_file,
-            got.file_f_inode,
+            got.socket_alloc_vfs_inode,
             got.inode_i_ino,
         ] {
             assert_ne!(v, Offsets::UNKNOWN);
-            // All four are pointers or unsigned long, naturally aligned.
+            // A pointer, a struct holding pointers, an unsigned long: naturally aligned.
             assert_eq!(v % 8, 0, "{got:?}");
         }
 
@@ -896,9 +897,9 @@ mod tests {
         };
         let expected = Offsets {
             sock_sk_socket: want("sock", "sk_socket"),
-            socket_file: want("socket", "file"),
-            file_f_inode: want("file", "f_inode"),
+            socket_alloc_vfs_inode: want("socket_alloc", "vfs_inode"),
             inode_i_ino: want("inode", "i_ino"),
+            _pad: 0,
         };
         assert_eq!(got, expected);
     }

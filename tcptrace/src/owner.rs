@@ -58,18 +58,20 @@ impl Owner {
 }
 
 /// Transitions that only a system call on the socket makes, so the current
-/// task is the socket's user.
+/// task is the socket's user. The kernel program names the task (comm) only
+/// for these.
 pub fn in_process_context(ev: &Event) -> bool {
-    ev.tgid != 0
-        && matches!(
-            ev.newstate,
-            TcpState::SynSent | TcpState::Listen | TcpState::FinWait1 | TcpState::LastAck
-        )
+    ev.tgid != 0 && tcptrace_common::in_process_context(ev.newstate as u8)
 }
+
+/// Bound on the names remembered for on-CPU guesses.
+const MAX_GUESS_NAMES: usize = 1024;
 
 pub struct Attributor {
     listeners: HashMap<u16, Owner>,
     holders: Option<HolderIndex>,
+    /// pid -> comm for on-CPU guesses, whose events carry no comm.
+    guess_names: HashMap<u32, String>,
 }
 
 impl Attributor {
@@ -78,6 +80,7 @@ impl Attributor {
         Self {
             listeners: HashMap::new(),
             holders,
+            guess_names: HashMap::new(),
         }
     }
 
@@ -137,8 +140,29 @@ impl Attributor {
         }
         vec![Owner {
             pid: ev.tgid,
-            comm: ev.comm.clone(),
+            comm: self.guess_name(ev),
             source: OwnerSource::OnCpu,
         }]
+    }
+
+    /// The on-CPU task's name. Softirq events do not carry it (naming the
+    /// task in the kernel costs every event): a rare fallback reads it from /proc.
+    fn guess_name(&mut self, ev: &Event) -> String {
+        if !ev.comm.is_empty() {
+            return ev.comm.clone();
+        }
+        if ev.tgid == 0 {
+            return "swapper".to_owned();
+        }
+        if self.guess_names.len() >= MAX_GUESS_NAMES {
+            self.guess_names.clear();
+        }
+        self.guess_names
+            .entry(ev.tgid)
+            .or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
+                    .map_or_else(|_| "?".to_owned(), |c| c.trim_end().to_owned())
+            })
+            .clone()
     }
 }

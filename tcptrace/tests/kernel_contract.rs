@@ -84,8 +84,7 @@ fn btf_offsets_are_found_on_this_kernel() {
     let off = tcptrace::btf::socket_inode_offsets().expect("kernel BTF at /sys/kernel/btf/vmlinux");
     for v in [
         off.sock_sk_socket,
-        off.socket_file,
-        off.file_f_inode,
+        off.socket_alloc_vfs_inode,
         off.inode_i_ino,
     ] {
         assert!(v > 0 && v < 4096, "{off:?}");
