@@ -67,7 +67,10 @@ pub struct Filter {
     /// Stream mode: only transitions out of or into these states (bit n =
     /// state n); 0 for all. Applied after the owner bookkeeping of `-p`.
     pub states: u16,
-    pub _pad: u16,
+    /// Stream mode: find the socket's inode only for transitions into these
+    /// states (bit n = state n); 0 for all. Two kernel reads per event that
+    /// views needing it only for CLOSE_WAIT (leaks, serve) need not pay.
+    pub inode_states: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<Filter>() == 108);
@@ -82,7 +85,7 @@ impl Filter {
         n_rports: 0,
         family: 0,
         states: 0,
-        _pad: 0,
+        inode_states: 0,
     };
 }
 

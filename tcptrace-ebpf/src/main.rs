@@ -205,8 +205,11 @@ fn emit(args: &InetSockSetStateArgs, pid_tgid: u64) {
             0
         };
         // A socket not accepted yet has no file (and SYN_RECV is all it does
-        // before accept), so no walk for it.
-        (*e).inode = if args.newstate == TCP_SYN_RECV {
+        // before accept), so no walk for it; nor where the view does not want it.
+        let wanted = load(&filter().inode_states);
+        (*e).inode = if args.newstate == TCP_SYN_RECV
+            || (wanted != 0 && wanted & state_bit(args.newstate) == 0)
+        {
             0
         } else {
             socket_inode(args.skaddr, &OFFSETS.load())

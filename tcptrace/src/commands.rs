@@ -99,6 +99,8 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
     let mut probe = probe_config(&args.filter, &args.tuning)?;
     // Entering and leaving CLOSE_WAIT, and LAST_ACK's end: all a leak's age needs.
     probe.filter.states = state_mask(&[TcpState::CloseWait, TcpState::LastAck]);
+    // The holders of a leak are found by the inode it had entering CLOSE_WAIT.
+    probe.filter.inode_states = state_mask(&[TcpState::CloseWait]);
     // The view reads the socket table and rescans /proc on each refresh, so
     // transitions need neither filtering nor owner lookups here.
     let mut tracer = Tracer::attach(
@@ -131,7 +133,12 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
 pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     use crate::serve::{Scope, ServeOptions, ServeSink, bind, spawn_http};
     let listener = bind(args.listen)?;
-    let probe = probe_config(&args.filter, &args.tuning)?;
+    let mut probe = probe_config(&args.filter, &args.tuning)?;
+    if args.filter.pids.is_empty() && args.filter.comm.is_none() {
+        // Without an owner filter, inodes serve only to name the holders of
+        // CLOSE_WAIT sockets sock_diag cannot list.
+        probe.filter.inode_states = state_mask(&[TcpState::CloseWait]);
+    }
     let filters = Filters {
         pids: args.filter.pids.clone(),
         comm: args.filter.comm.clone(),
