@@ -220,24 +220,38 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
     }
 
-    let profile = if args.no_profile {
-        None
-    } else {
-        sys::bail_if_interrupted()?;
-        let config = [Config::WatchJson, Config::Watch]
-            .into_iter()
-            .find(|c| traced.contains(c));
-        config.map(|c| {
+    // What any program on this tracepoint costs here, piece by piece: the
+    // scale the kernel figures are read against.
+    let mut floors: Vec<(Config, Result<Measured, String>)> = Vec::new();
+    if tools.bpftrace.is_some() && args.only.is_empty() {
+        for (config, _, _) in tracers::FLOOR_PROGRAMS {
+            sys::bail_if_interrupted()?;
+            let outcome = measure(&tools, config, &mut load, &poker, secs).map(|(m, _)| m);
+            match &outcome {
+                Ok(m) => println!("bench: floor {}: {}", config.key(), progress(m)),
+                Err(e) => println!("bench: floor {}: failed: {e:#}", config.key()),
+            }
+            floors.push((config, outcome.map_err(|e| format!("{e:#}"))));
+        }
+    }
+
+    // Where each mode's cost goes.
+    let mut profiles: Vec<(Config, Result<profile::Profile, String>)> = Vec::new();
+    if !args.no_profile {
+        for config in traced.iter().copied().filter(|c| c.is_tcptrace()) {
+            sys::bail_if_interrupted()?;
             println!(
                 "bench: profile: perf record -a -g for {secs} s with {}",
-                c.key()
+                config.key()
             );
-            profile::run(&tools, c, &mut load, &poker, secs, dir.path()).map_err(|e| {
-                println!("bench: profile failed: {e:#}");
-                format!("{e:#}")
-            })
-        })
-    };
+            let p =
+                profile::run(&tools, config, &mut load, &poker, secs, dir.path()).map_err(|e| {
+                    println!("bench: profile failed: {e:#}");
+                    format!("{e:#}")
+                });
+            profiles.push((config, p));
+        }
+    }
     let load_desc = load.describe();
     let load_name = if load.is_storm() {
         "in-repo storm"
@@ -277,7 +291,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         runs,
         storm_check,
         scale,
-        profile,
+        floors,
+        profiles,
         prog_names,
         elapsed: started.elapsed(),
     };

@@ -11,7 +11,6 @@ use super::sys::Proc;
 use super::tracers::{self, Config, Poker, Tools};
 
 pub struct Profile {
-    pub config: Config,
     pub secs: u64,
     pub conns_per_sec: f64,
     /// System-wide symbols by self time.
@@ -20,6 +19,10 @@ pub struct Profile {
     pub tracing_path: String,
     /// The tracer process's symbols, with their children.
     pub tracer: String,
+    /// Where the kernel program's samples were: its own code or the kernel
+    /// function it called, by share of its samples (largest first).
+    pub program: Vec<(String, f64)>,
+    pub program_samples: u64,
 }
 
 pub fn run(
@@ -104,16 +107,62 @@ pub fn run(
             "sym",
         ])?,
         |_| true,
-        25,
+        15,
     );
+    let script = Command::new("perf")
+        .arg("script")
+        .arg("-i")
+        .arg(&data)
+        .args(["-F", "ip,sym"])
+        .stderr(Stdio::null())
+        .output()
+        .context("cannot run perf script")?;
+    let (program, program_samples) = program_breakdown(&String::from_utf8_lossy(&script.stdout));
+    let _ = std::fs::remove_file(&data);
     Ok(Profile {
-        config,
         secs,
         conns_per_sec: run.conns_per_sec,
         top,
         tracing_path,
         tracer,
+        program,
+        program_samples,
     })
+}
+
+/// What the state-change program was doing in each sample that was in it
+/// (`perf script -F ip,sym` call chains, leaf first): running its own code
+/// (BPF subprograms included) or inside the kernel function it called, a
+/// helper. `bpftool prog profile` would say the same with hardware counters,
+/// but it needs fentry/fexit programs, which this kernel refuses.
+fn program_breakdown(script: &str) -> (Vec<(String, f64)>, u64) {
+    const OWN: &str = "(its own code)";
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    let mut total = 0;
+    for sample in script.split("\n\n") {
+        let syms: Vec<&str> = sample
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        if !syms.contains(&"perf_trace_inet_sock_set_state") {
+            continue;
+        }
+        let Some(i) = syms.iter().position(|s| s.starts_with("bpf_prog_")) else {
+            continue;
+        };
+        let what = if i == 0 { OWN } else { syms[i - 1] };
+        total += 1;
+        match counts.iter_mut().find(|(w, _)| w == what) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((what.to_owned(), 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let shares = counts
+        .into_iter()
+        .map(|(w, n)| (w, n as f64 / total.max(1) as f64))
+        .collect();
+    (shares, total)
 }
 
 /// `perf record -g` of one run of `cmd` (stdout to /dev/null): its symbols
@@ -152,7 +201,11 @@ pub fn command(cmd: &mut Command, dir: &Path) -> Result<String> {
 fn tracer_comm(tools: &Tools, config: Config) -> String {
     let path = match config {
         Config::Tcpstates => tools.tcpstates.clone(),
-        Config::Bpftrace => tools.bpftrace.clone(),
+        Config::Bpftrace
+        | Config::FloorEmpty
+        | Config::FloorClock
+        | Config::FloorRead
+        | Config::FloorComm => tools.bpftrace.clone(),
         _ => Some(tools.tcptrace.clone()),
     };
     path.and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -199,6 +252,26 @@ fn rows(report: &str, keep: impl Fn(&str) -> bool, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_samples_by_callee() {
+        let script = "\n\tffff1 __bpf_ringbuf_reserve\n\tffff2 bpf_ringbuf_reserve\n\tffff3 bpf_prog_abc_inet_sock_set_state\n\tffff4 trace_call_bpf\n\tffff5 perf_trace_inet_sock_set_state\n\n\
+            \n\tffff3 bpf_prog_abc_inet_sock_set_state\n\tffff4 trace_call_bpf\n\tffff5 perf_trace_inet_sock_set_state\n\n\
+            \n\tffff6 bpf_ktime_get_ns\n\tffff3 bpf_prog_abc_inet_sock_set_state\n\tffff5 perf_trace_inet_sock_set_state\n\n\
+            \n\tffff3 bpf_prog_abc_inet_sock_set_state\n\tffff5 perf_trace_inet_sock_set_state\n\n\
+            \n\tffff7 bpf_prog_other\n\tffff8 cgroup_bpf_run\n\n\
+            \n\tffff9 tcp_v4_rcv\n\tffff5 perf_trace_inet_sock_set_state\n";
+        let (shares, total) = program_breakdown(script);
+        assert_eq!(total, 4);
+        assert_eq!(
+            shares,
+            vec![
+                ("(its own code)".to_owned(), 0.5),
+                ("bpf_ktime_get_ns".to_owned(), 0.25),
+                ("bpf_ringbuf_reserve".to_owned(), 0.25),
+            ]
+        );
+    }
 
     #[test]
     fn report_rows() {

@@ -19,6 +19,33 @@ pub const BPFTRACE_PROGRAM: &str =
     "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }";
 pub const TCPSTATES: &str = "/usr/sbin/tcpstates";
 
+/// The floor of a program on this tracepoint, piece by piece: bpftrace
+/// programs that do one thing each, whose kernel ns/event is what that
+/// thing costs on this machine (the `if` keeps bpftrace from dropping the
+/// work; its branch never runs).
+pub const FLOOR_PROGRAMS: [(Config, &str, &str); 4] = [
+    (
+        Config::FloorEmpty,
+        "nothing (an empty program)",
+        "tracepoint:sock:inet_sock_set_state { $x = 1; }",
+    ),
+    (
+        Config::FloorClock,
+        "reads the clock (`bpf_ktime_get_ns`)",
+        "tracepoint:sock:inet_sock_set_state { if (nsecs == 1) { @n = count(); } }",
+    ),
+    (
+        Config::FloorRead,
+        "reads one kernel pointer (`bpf_probe_read_kernel`: `sk->sk_socket`)",
+        "tracepoint:sock:inet_sock_set_state { $s = (struct sock *)args->skaddr; if ($s->sk_socket == 0) { @n = count(); } }",
+    ),
+    (
+        Config::FloorComm,
+        "names the task (`bpf_get_current_comm`)",
+        "tracepoint:sock:inet_sock_set_state { if (comm == \"-\") { @n = count(); } }",
+    ),
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Config {
     Baseline,
@@ -29,6 +56,11 @@ pub enum Config {
     Serve,
     Tcpstates,
     Bpftrace,
+    /// The floor programs ([`FLOOR_PROGRAMS`]): measured once each, not in the rounds.
+    FloorEmpty,
+    FloorClock,
+    FloorRead,
+    FloorComm,
 }
 
 impl Config {
@@ -54,6 +86,10 @@ impl Config {
             Config::Serve => "serve",
             Config::Tcpstates => "tcpstates",
             Config::Bpftrace => "bpftrace",
+            Config::FloorEmpty => "floor-empty",
+            Config::FloorClock => "floor-clock",
+            Config::FloorRead => "floor-read",
+            Config::FloorComm => "floor-comm",
         }
     }
 
@@ -68,6 +104,10 @@ impl Config {
             Config::Serve => "`tcptrace serve`, scraped every 1 s",
             Config::Tcpstates => "libbpf-tools `tcpstates` > /dev/null",
             Config::Bpftrace => "bpftrace counting one-liner",
+            _ => FLOOR_PROGRAMS
+                .iter()
+                .find(|f| f.0 == self)
+                .map_or("?", |f| f.1),
         }
     }
 
@@ -125,7 +165,13 @@ impl Tools {
             Config::Tcpstates if self.tcpstates.is_none() => {
                 Some("not available: libbpf-tools' tcpstates is not installed".to_owned())
             }
-            Config::Bpftrace if self.bpftrace.is_none() => {
+            Config::Bpftrace
+            | Config::FloorEmpty
+            | Config::FloorClock
+            | Config::FloorRead
+            | Config::FloorComm
+                if self.bpftrace.is_none() =>
+            {
                 Some("not available: bpftrace is not installed".to_owned())
             }
             _ => None,
@@ -138,6 +184,12 @@ impl Tools {
             Config::Bpftrace => {
                 let mut c = Command::new(self.bpftrace.as_ref().expect("checked"));
                 c.args(["-e", BPFTRACE_PROGRAM]);
+                c
+            }
+            Config::FloorEmpty | Config::FloorClock | Config::FloorRead | Config::FloorComm => {
+                let mut c = Command::new(self.bpftrace.as_ref().expect("checked"));
+                let program = FLOOR_PROGRAMS.iter().find(|f| f.0 == config).map(|f| f.2);
+                c.args(["-e", program.expect("every floor has a program")]);
                 c
             }
             _ => Command::new(&self.tcptrace),
