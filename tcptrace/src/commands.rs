@@ -41,6 +41,11 @@ fn state_mask(states: &[TcpState]) -> u16 {
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut probe = probe_config(&args.filter, &args.tuning)?;
     probe.filter.states = state_mask(&args.states);
+    // An owner comes from the task in process context, else from the listener
+    // or, for a socket seen first in softirq with a file (ESTABLISHED on the
+    // connecting side, CLOSE_WAIT), from /proc by inode. Other transitions
+    // need no inode: two kernel reads saved on most events.
+    probe.filter.inode_states = state_mask(&[TcpState::Established, TcpState::CloseWait]);
     let filters = Filters {
         pids: args.filter.pids.clone(),
         comm: args.filter.comm.clone(),
