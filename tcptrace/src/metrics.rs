@@ -42,6 +42,9 @@ pub const BUCKET_START_SECONDS: f64 = 1e-5;
 pub const BUCKET_FACTOR: f64 = 4.0;
 pub const BUCKET_COUNT: u16 = 15;
 
+/// TCP state numbers are below this (include/net/tcp_states.h).
+const STATES: usize = 16;
+
 /// The states `tcptrace_sockets` reports. LISTEN is left out (listeners that
 /// existed at start are not in the socket table) and so is TIME_WAIT (the
 /// tracepoint reports it as FIN_WAIT2 -> CLOSE): node_exporter's
@@ -150,6 +153,11 @@ pub struct Metrics {
     state_duration: Histograms<StateLabels>,
     handshake_duration: Histograms<HandshakeLabels>,
     handshakes: HandshakeTracker,
+    /// The series `observe` feeds, by state number: handles share their
+    /// values with the families, and skip a hashed, locked lookup per event.
+    transition_series: Vec<Option<Counter>>,
+    duration_series: Vec<Option<Histogram>>,
+    handshake_series: Vec<Histogram>,
     sockets: Family<StateLabels, Gauge>,
     close_wait: Family<ProcessLabels, Gauge>,
     close_wait_oldest: Family<ProcessLabels, Gauge<f64, AtomicU64>>,
@@ -181,11 +189,14 @@ impl Metrics {
     /// `max_open` bounds the sockets whose close is being timed.
     pub fn new(max_open: usize) -> (Self, Exposition) {
         let mut reg = Registry::with_prefix("tcptrace");
-        let m = Self {
+        let mut m = Self {
             transitions: Family::default(),
             state_duration: Family::new_with_constructor(duration_histogram),
             handshake_duration: Family::new_with_constructor(duration_histogram),
             handshakes: HandshakeTracker::new(max_open),
+            transition_series: vec![None; STATES * STATES],
+            duration_series: vec![None; STATES],
+            handshake_series: Vec::new(),
             sockets: Family::default(),
             close_wait: Family::default(),
             close_wait_oldest: Family::default(),
@@ -254,10 +265,11 @@ impl Metrics {
             }));
         }
         for handshake in Handshake::ALL {
-            drop(
-                m.handshake_duration
-                    .get_or_create(&HandshakeLabels { handshake }),
-            );
+            let series = m
+                .handshake_duration
+                .get_or_create(&HandshakeLabels { handshake })
+                .clone();
+            m.handshake_series.push(series);
         }
         let exposition = Exposition {
             registry: reg,
@@ -270,23 +282,32 @@ impl Metrics {
     /// place histograms are fed from the event stream.
     pub fn observe(&mut self, t: &Transition<'_>) {
         let ev = t.ev;
-        self.transitions
-            .get_or_create(&TransitionLabels {
-                from: StateLabel(ev.oldstate),
-                to: StateLabel(ev.newstate),
+        let (from, to) = (ev.oldstate as usize, ev.newstate as usize);
+        let transitions = &self.transitions;
+        self.transition_series[from * STATES + to]
+            .get_or_insert_with(|| {
+                transitions
+                    .get_or_create(&TransitionLabels {
+                        from: StateLabel(ev.oldstate),
+                        to: StateLabel(ev.newstate),
+                    })
+                    .clone()
             })
             .inc();
         if let Some(ns) = t.dwell_ns {
-            self.state_duration
-                .get_or_create(&StateLabels {
-                    state: StateLabel(ev.oldstate),
+            let durations = &self.state_duration;
+            self.duration_series[from]
+                .get_or_insert_with(|| {
+                    durations
+                        .get_or_create(&StateLabels {
+                            state: StateLabel(ev.oldstate),
+                        })
+                        .clone()
                 })
                 .observe(seconds(ns));
         }
         if let Some((handshake, ns)) = self.handshakes.on(ev, t.dwell_ns) {
-            self.handshake_duration
-                .get_or_create(&HandshakeLabels { handshake })
-                .observe(seconds(ns));
+            self.handshake_series[handshake as usize].observe(seconds(ns));
         }
     }
 
