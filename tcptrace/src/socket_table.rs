@@ -103,24 +103,22 @@ impl SocketTable {
             raddr: ev.raddr,
             rport: ev.rport,
         };
-        // A socket known only from the start-up snapshot takes its kernel address now.
-        if !self.sockets.contains_key(&ev.skaddr)
+        // A socket known only from the start-up snapshot takes its kernel
+        // address now. (Most runs seed none: skip hashing the tuple then.)
+        if !self.seeded.is_empty()
+            && !self.sockets.contains_key(&ev.skaddr)
             && let Some(key) = self.seeded.remove(&tuple)
             && let Some(sock) = self.sockets.remove(&key)
         {
             self.sockets.insert(ev.skaddr, sock);
         }
         // CLOSE -> X and a listener's child are new lifecycles, even if the
-        // address was used by a socket whose CLOSE we missed.
+        // address was used by a socket whose CLOSE we missed: nothing of the
+        // previous socket at this address carries over. Taken out rather
+        // than cloned; put back below unless this is its CLOSE.
         let fresh = ev.oldstate == TcpState::Close
             || (ev.oldstate == TcpState::Listen && ev.newstate == TcpState::SynRecv);
-        let prev = if fresh {
-            // Nothing of the previous socket at this address carries over.
-            self.sockets.remove(&ev.skaddr);
-            None
-        } else {
-            self.sockets.get(&ev.skaddr).cloned()
-        };
+        let prev = self.sockets.remove(&ev.skaddr).filter(|_| !fresh);
         let dwell_ns = prev
             .as_ref()
             .filter(|p| p.state == ev.oldstate && !p.since_estimated)
@@ -140,12 +138,10 @@ impl SocketTable {
             },
             owner: prev.and_then(|p| p.owner),
         };
-        if ev.newstate == TcpState::Close {
-            self.sockets.remove(&ev.skaddr);
-        } else {
-            if !self.sockets.contains_key(&ev.skaddr) {
-                self.make_room();
-            }
+        if ev.newstate != TcpState::Close {
+            // The key is out of the map: this evicts only when it was not
+            // there before and the map is full.
+            self.make_room();
             self.sockets.insert(ev.skaddr, socket.clone());
         }
         Applied { dwell_ns, socket }

@@ -1,12 +1,16 @@
 //! `tcptrace watch`: one line per transition, text or NDJSON.
+//!
+//! Each line is built in a reused buffer, field by field, without the
+//! temporary Strings a `format!`/`#[derive(Serialize)]` line costs: under a
+//! connection storm this formatting is most of the tracer's CPU time.
 
-use std::io::{self, Write};
-
-use serde::Serialize;
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+};
 
 use crate::{
-    clock::Clock,
-    decode::endpoint,
+    clock::{Clock, SecondText},
     owner::OwnerSource,
     trace::{Sink, Transition},
 };
@@ -16,23 +20,10 @@ pub struct WatchSink<W: Write> {
     json: bool,
     wall_clock: bool,
     header_done: bool,
-}
-
-/// The NDJSON record; these keys and no others, in this order.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    time: String,
-    skaddr: String,
-    pid: u32,
-    comm: &'a str,
-    family: &'static str,
-    laddr: String,
-    lport: u16,
-    raddr: String,
-    rport: u16,
-    oldstate: &'static str,
-    newstate: &'static str,
-    ms: Option<f64>,
+    /// The line being built.
+    line: Vec<u8>,
+    /// The time's second as text: RFC 3339 in JSON, else local (one per sink).
+    time_cache: SecondText,
 }
 
 impl<W: Write> WatchSink<W> {
@@ -42,6 +33,8 @@ impl<W: Write> WatchSink<W> {
             json,
             wall_clock,
             header_done: false,
+            line: Vec::with_capacity(256),
+            time_cache: SecondText::default(),
         }
     }
 
@@ -52,6 +45,105 @@ impl<W: Write> WatchSink<W> {
             "{time:<15} {:<7} {:<16} {:<26} {:<26} {:<12}    {:<12} {:>10}",
             "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLDSTATE", "NEWSTATE", "MS"
         )
+    }
+
+    /// The NDJSON record: these keys and no others, in this order, values
+    /// formatted as serde_json formats them.
+    fn json_line(
+        &mut self,
+        t: &Transition<'_>,
+        clock: &Clock,
+        pid: u32,
+        comm: &str,
+    ) -> io::Result<()> {
+        let ev = t.ev;
+        let l = &mut self.line;
+        l.extend_from_slice(b"{\"time\":\"");
+        clock.write_rfc3339(ev.ts_ns, &mut self.time_cache, l);
+        l.extend_from_slice(b"\",\"skaddr\":\"");
+        push_hex16(l, ev.skaddr);
+        l.extend_from_slice(b"\",\"pid\":");
+        push_dec(l, pid.into());
+        l.extend_from_slice(b",\"comm\":");
+        push_json_str(l, comm)?;
+        l.extend_from_slice(b",\"family\":\"");
+        l.extend_from_slice(ev.family.name().as_bytes());
+        l.extend_from_slice(b"\",\"laddr\":\"");
+        push_ip(l, ev.laddr)?;
+        l.extend_from_slice(b"\",\"lport\":");
+        push_dec(l, ev.lport.into());
+        l.extend_from_slice(b",\"raddr\":\"");
+        push_ip(l, ev.raddr)?;
+        l.extend_from_slice(b"\",\"rport\":");
+        push_dec(l, ev.rport.into());
+        l.extend_from_slice(b",\"oldstate\":\"");
+        l.extend_from_slice(ev.oldstate.name().as_bytes());
+        l.extend_from_slice(b"\",\"newstate\":\"");
+        l.extend_from_slice(ev.newstate.name().as_bytes());
+        l.extend_from_slice(b"\",\"ms\":");
+        // serde_json's float text (and `null` for None), exactly.
+        serde_json::to_writer(&mut *l, &t.dwell_ns.map(ms))?;
+        l.extend_from_slice(b"}\n");
+        Ok(())
+    }
+
+    /// `{time:<15} {pid:<7} {comm:<16} {laddr:<26} {raddr:<26} {old:<12} -> {new:<12} {ms:>10}`
+    fn text_line(
+        &mut self,
+        t: &Transition<'_>,
+        clock: &Clock,
+        pid: u32,
+        comm: &str,
+        guessed: bool,
+    ) -> io::Result<()> {
+        let ev = t.ev;
+        let l = &mut self.line;
+        if self.wall_clock {
+            clock.write_local_hms(ev.ts_ns, &mut self.time_cache, l);
+        } else if !clock
+            .since_start_ns(ev.ts_ns)
+            .is_some_and(|ns| push_ns_as_us::<6>(l, ns))
+        {
+            write!(l, "{:.6}", clock.since_start(ev.ts_ns))?;
+        }
+        pad(l, l.len(), 15); // the first field: as long as the line
+        l.push(b' ');
+        let start = l.len();
+        push_dec(l, pid.into());
+        // A trailing '?' marks a guess: the task on the CPU in softirq.
+        if guessed {
+            l.push(b'?');
+        }
+        pad(l, l.len() - start, 7);
+        l.push(b' ');
+        l.extend_from_slice(comm.as_bytes());
+        // Width counts chars, as `{:<16}` does: comm may be multibyte.
+        pad(l, comm.chars().count(), 16);
+        l.push(b' ');
+        for (addr, port) in [(ev.laddr, ev.lport), (ev.raddr, ev.rport)] {
+            let start = l.len();
+            push_endpoint(l, addr, port)?;
+            pad(l, l.len() - start, 26);
+            l.push(b' ');
+        }
+        l.extend_from_slice(ev.oldstate.name().as_bytes());
+        pad(l, ev.oldstate.name().len(), 12);
+        l.extend_from_slice(b" -> ");
+        l.extend_from_slice(ev.newstate.name().as_bytes());
+        pad(l, ev.newstate.name().len(), 12);
+        l.push(b' ');
+        // Right-aligned: the text first, then the spaces moved before it.
+        let start = l.len();
+        match t.dwell_ns {
+            Some(ns) if push_ns_as_us::<3>(l, ns) => {}
+            Some(ns) => write!(l, "{:.3}", ms(ns))?,
+            None => l.push(b'-'),
+        }
+        let written = l.len() - start;
+        pad(l, written, 10);
+        l[start..].rotate_right(10usize.saturating_sub(written));
+        l.push(b'\n');
+        Ok(())
     }
 }
 
@@ -65,8 +157,157 @@ impl<W: Write> Sink for WatchSink<W> {
             .map_or((ev.tgid, ev.comm.as_str(), true), |o| {
                 (o.pid, o.comm.as_str(), o.source == OwnerSource::OnCpu)
             });
-        let ms = t.dwell_ns.map(|ns| ns as f64 / 1e6);
+        self.line.clear();
         if self.json {
+            self.json_line(t, clock, pid, comm)?;
+        } else {
+            if !self.header_done {
+                self.header()?;
+                self.header_done = true;
+            }
+            self.text_line(t, clock, pid, comm, guessed)?;
+        }
+        self.out.write_all(&self.line)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Spaces after a field `written` chars long, to left-align it in `width`.
+fn pad(l: &mut Vec<u8>, written: usize, width: usize) {
+    l.resize(l.len() + width.saturating_sub(written), b' ');
+}
+
+/// `{}` of `n`. (Recursion: faster than a digit buffer copied in.)
+fn push_dec(l: &mut Vec<u8>, n: u64) {
+    if n >= 10 {
+        push_dec(l, n / 10);
+    }
+    l.push(b'0' + (n % 10) as u8);
+}
+
+/// `{:.D$}` of `ns as f64 / 10^(3 + D)`, that is `ns` rounded to whole µs,
+/// without float formatting (the dearest part of a text line). Appends
+/// nothing and returns false where the result could differ.
+///
+/// The f64 quotient is within 2^-53 of `ns` relatively: under 1 ns when
+/// `ns < 2^53`, while a rounding boundary (a half µs) is at least 1 ns away
+/// unless `ns` is on it, where the float's own error decides: left to it.
+fn push_ns_as_us<const D: u32>(l: &mut Vec<u8>, ns: u64) -> bool {
+    if ns >= 1 << 53 || ns % 1000 == 500 {
+        return false;
+    }
+    let us = (ns + 500) / 1000;
+    let unit = 10u64.pow(D);
+    push_dec(l, us / unit);
+    l.push(b'.');
+    let start = l.len();
+    l.resize(start + D as usize, b'0');
+    let mut frac = us % unit;
+    for digit in l[start..].iter_mut().rev() {
+        *digit = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    true
+}
+
+/// `{:016x}`.
+fn push_hex16(l: &mut Vec<u8>, n: u64) {
+    for shift in (0..16).rev() {
+        l.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
+    }
+}
+
+/// As `IpAddr`'s Display; IPv4, the common case, without the fmt machinery.
+fn push_ip(l: &mut Vec<u8>, addr: IpAddr) -> io::Result<()> {
+    match addr {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    l.push(b'.');
+                }
+                push_dec(l, octet.into());
+            }
+            Ok(())
+        }
+        IpAddr::V6(v6) => write!(l, "{v6}"),
+    }
+}
+
+/// As `SocketAddr`'s Display: `1.2.3.4:80`, `[::1]:80`.
+fn push_endpoint(l: &mut Vec<u8>, addr: IpAddr, port: u16) -> io::Result<()> {
+    if addr.is_ipv6() {
+        l.push(b'[');
+    }
+    push_ip(l, addr)?;
+    if addr.is_ipv6() {
+        l.push(b']');
+    }
+    l.push(b':');
+    push_dec(l, port.into());
+    Ok(())
+}
+
+/// A JSON string. Comm can hold any byte: anything JSON must escape goes
+/// through serde_json, so the escaping is serde_json's.
+fn push_json_str(l: &mut Vec<u8>, s: &str) -> io::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        l.push(b'"');
+        l.extend_from_slice(s.as_bytes());
+        l.push(b'"');
+        Ok(())
+    } else {
+        Ok(serde_json::to_writer(l, s)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use serde::Serialize;
+
+    use super::*;
+    use crate::{
+        decode::{Event, endpoint, test_event},
+        owner::Owner,
+        socket_table::{Socket, Tuple},
+        state::TcpState,
+    };
+
+    /// The formatting this module replaced (serde derive and `format!`):
+    /// the reference the hand-built lines must equal byte for byte.
+    fn reference(t: &Transition<'_>, clock: &Clock, json: bool, wall_clock: bool) -> String {
+        #[derive(Serialize)]
+        struct JsonLine<'a> {
+            time: String,
+            skaddr: String,
+            pid: u32,
+            comm: &'a str,
+            family: &'static str,
+            laddr: String,
+            lport: u16,
+            raddr: String,
+            rport: u16,
+            oldstate: &'static str,
+            newstate: &'static str,
+            ms: Option<f64>,
+        }
+        let ev = t.ev;
+        let (pid, comm, guessed) = t
+            .owners
+            .first()
+            .map_or((ev.tgid, ev.comm.as_str(), true), |o| {
+                (o.pid, o.comm.as_str(), o.source == OwnerSource::OnCpu)
+            });
+        let ms = t.dwell_ns.map(|ns| ns as f64 / 1e6);
+        if json {
             let line = JsonLine {
                 time: clock.rfc3339(ev.ts_ns),
                 skaddr: format!("{:016x}", ev.skaddr),
@@ -81,28 +322,21 @@ impl<W: Write> Sink for WatchSink<W> {
                 newstate: ev.newstate.name(),
                 ms,
             };
-            serde_json::to_writer(&mut self.out, &line)?;
-            return self.out.write_all(b"\n");
+            return serde_json::to_string(&line).unwrap() + "\n";
         }
-        if !self.header_done {
-            self.header()?;
-            self.header_done = true;
-        }
-        let time = if self.wall_clock {
+        let time = if wall_clock {
             clock.local_hms(ev.ts_ns)
         } else {
             format!("{:.6}", clock.since_start(ev.ts_ns))
         };
-        // A trailing '?' marks a guess: the task on the CPU in softirq.
         let pid = if guessed {
             format!("{pid}?")
         } else {
             pid.to_string()
         };
         let ms = ms.map_or_else(|| "-".to_owned(), |m| format!("{m:.3}"));
-        writeln!(
-            self.out,
-            "{time:<15} {pid:<7} {comm:<16} {:<26} {:<26} {:<12} -> {:<12} {ms:>10}",
+        format!(
+            "{time:<15} {pid:<7} {comm:<16} {:<26} {:<26} {:<12} -> {:<12} {ms:>10}\n",
             endpoint(ev.laddr, ev.lport),
             endpoint(ev.raddr, ev.rport),
             ev.oldstate,
@@ -110,7 +344,143 @@ impl<W: Write> Sink for WatchSink<W> {
         )
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    fn events(clock_now: u64) -> Vec<Event> {
+        let addrs: [IpAddr; 7] = [
+            Ipv4Addr::LOCALHOST.into(),
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv4Addr::new(255, 10, 200, 9).into(),
+            Ipv6Addr::LOCALHOST.into(),
+            Ipv6Addr::UNSPECIFIED.into(),
+            "::ffff:10.0.0.1".parse().unwrap(),
+            "2001:db8:0:1:ffff:abcd:0:1".parse().unwrap(),
+        ];
+        let comms = [
+            "",
+            "nginx",
+            "0123456789abcdef",
+            "a\"b\\c",
+            "\n\t\u{1}\u{1f}\u{7f}",
+            "é日本\u{fffd}",
+            "</script>",
+        ];
+        let mut out = Vec::new();
+        for (i, laddr) in addrs.into_iter().enumerate() {
+            for (j, comm) in comms.iter().enumerate() {
+                let mut ev = test_event(
+                    [0, u64::MAX, 0xffff_8881_0a0b_0c00][j % 3],
+                    0,
+                    TcpState::ALL[(i + j) % 12],
+                    TcpState::ALL[(i * 5 + j) % 12],
+                );
+                ev.ts_ns = [clock_now, clock_now + 999_999_999, 1, clock_now - 5][(i + j) % 4]
+                    + (i * 7 + j) as u64 * 1_234_567;
+                ev.laddr = laddr;
+                ev.raddr = addrs[(i + j) % addrs.len()];
+                ev.lport = [0, 80, 65535][i % 3];
+                ev.rport = [61616, 1, 0][j % 3];
+                ev.tgid = [0, 1, u32::MAX][(i + j) % 3];
+                ev.comm = (*comm).to_owned();
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn integer_rounding_matches_float_formatting() {
+        let mut values: Vec<u64> = (0..5000).collect();
+        for base in [1_000_000, 999_999_500, 123_456_789_000, (1 << 53) - 5_000] {
+            values.extend((0..3000).map(|i| base + i));
+        }
+        // Pseudo-random ones of every magnitude, and past the exact range.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(x >> (x % 64));
+        }
+        values.extend([1 << 53, u64::MAX]);
+        for ns in values {
+            for decimals in [3usize, 6] {
+                let mut l = Vec::new();
+                let pushed = if decimals == 3 {
+                    push_ns_as_us::<3>(&mut l, ns)
+                } else {
+                    push_ns_as_us::<6>(&mut l, ns)
+                };
+                if pushed {
+                    let want = format!(
+                        "{:.*}",
+                        decimals,
+                        ns as f64 / 10f64.powi(3 + decimals as i32)
+                    );
+                    assert_eq!(String::from_utf8(l).unwrap(), want, "{ns}");
+                } else {
+                    assert!(l.is_empty() && (ns % 1000 == 500 || ns >= 1 << 53), "{ns}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_match_the_serde_and_format_reference() {
+        let clock = Clock::new();
+        let socket = Socket {
+            state: TcpState::Established,
+            since_ns: 0,
+            since_estimated: false,
+            family: crate::decode::Family::V4,
+            tuple: Tuple {
+                laddr: Ipv4Addr::LOCALHOST.into(),
+                lport: 1,
+                raddr: Ipv4Addr::LOCALHOST.into(),
+                rport: 2,
+            },
+            inode: 0,
+            owner: None,
+        };
+        let owners = [
+            vec![],
+            vec![Owner::task(4_000_000, "wrk \"x\"")],
+            vec![Owner {
+                pid: 0,
+                comm: "swapper".into(),
+                source: OwnerSource::OnCpu,
+            }],
+        ];
+        let dwells = [
+            None,
+            Some(0),
+            Some(1),
+            Some(1_500),
+            Some(2_500),
+            Some(123_456_789),
+            Some(99_999_999_999_999),
+            Some(1 << 53),
+            Some(u64::MAX),
+        ];
+        for (json, wall_clock) in [(true, false), (false, false), (false, true)] {
+            let mut sink = WatchSink::new(Vec::new(), json, wall_clock);
+            let mut want = String::new();
+            for (k, ev) in events(crate::clock::monotonic_ns()).iter().enumerate() {
+                let t = Transition {
+                    ev,
+                    dwell_ns: dwells[k % dwells.len()],
+                    socket: &socket,
+                    owners: &owners[k % owners.len()],
+                };
+                sink.transition(&t, &clock).unwrap();
+                want += &reference(&t, &clock, json, wall_clock);
+            }
+            let got = String::from_utf8(sink.out).unwrap();
+            let got = if json {
+                got.as_str()
+            } else {
+                // The header comes first, then the lines.
+                got.split_once('\n').unwrap().1
+            };
+            assert_eq!(got, want, "json={json} wall_clock={wall_clock}");
+        }
     }
 }
