@@ -190,7 +190,10 @@ pub struct AggregateConfig {
     pub has_comm: u32,
     /// Number of sets in `SOCKETS` (a power of two; the loader sizes it).
     pub socket_sets: u32,
-    pub _pad: u32,
+    /// Also stream the transitions into or out of these states (bit n =
+    /// state n) to the ring buffer, as stream mode would: `serve` aggregates
+    /// everything in the kernel and tracks only CLOSE_WAIT's sockets itself.
+    pub stream_states: u32,
     /// The owner's command name, NUL padded, as the kernel's `comm`.
     pub comm: [u8; TASK_COMM_LEN],
 }
@@ -204,7 +207,7 @@ impl AggregateConfig {
         group_by: GROUP_NONE,
         has_comm: 0,
         socket_sets: 1,
-        _pad: 0,
+        stream_states: 0,
         comm: [0; TASK_COMM_LEN],
     };
 }
@@ -276,11 +279,22 @@ pub struct TotalHist {
     pub epoch: u64,
     /// The largest value, in nanoseconds.
     pub max_ns: u64,
+    /// The sum of the values, in nanoseconds (a Prometheus histogram's `_sum`).
+    pub sum_ns: u64,
     /// Log2 buckets of microseconds.
     pub buckets: [u64; LOG2_BUCKETS as usize],
 }
 
-const _: () = assert!(core::mem::size_of::<TotalHist>() == 528);
+const _: () = assert!(core::mem::size_of::<TotalHist>() == 536);
+
+/// Entries of the per-CPU `TRANSITIONS` counters (aggregate mode): one per
+/// (old state, new state), states being below 16.
+pub const TRANSITION_SLOTS: u32 = 256;
+
+/// `TRANSITIONS` index of the transition `old` -> `new`.
+pub const fn transition_index(old: u8, new: u8) -> u32 {
+    (old as u32 & 15) * 16 + (new as u32 & 15)
+}
 
 /// Kinds `TOTALS` has room for: the twelve states and six handshakes.
 pub const TOTAL_KINDS: u32 = 18;

@@ -22,8 +22,8 @@ use tcptrace_common::{
     Filter, GROUP_LPORT, GROUP_NONE, GROUP_PROCESS, GROUP_RADDR, GROUP_RPORT, HIST_FULL_SLOT,
     HIST_MAX_KEYS, HistKey, IPPROTO_TCP, InetSockSetStateArgs, LOG2_BUCKETS, ListenerOwner,
     MAX_FILTER_PIDS, MAX_FILTER_PORTS, MODE_AGGREGATE, MODE_STREAM, Offsets, SLOT_MAX, SOCKET_WAYS,
-    SockTimes, StateEvent, TASK_COMM_LEN, TOTAL_KINDS, TotalHist, in_process_context, log2_bucket,
-    measure, socket_set, total_index,
+    SockTimes, StateEvent, TASK_COMM_LEN, TOTAL_KINDS, TRANSITION_SLOTS, TotalHist,
+    in_process_context, log2_bucket, measure, socket_set, total_index, transition_index,
 };
 
 // TCP states, as numbered by the kernel (include/net/tcp_states.h).
@@ -88,6 +88,9 @@ static COMMS: LruHashMap<u32, [u8; TASK_COMM_LEN]> = LruHashMap::with_max_entrie
 /// Aggregate mode, not grouping: a histogram per kind, per CPU, per interval parity.
 #[map]
 static TOTALS: PerCpuArray<TotalHist> = PerCpuArray::with_max_entries(TOTAL_KINDS * 2, 0);
+/// Aggregate mode: transitions counted per (old, new) state, per CPU.
+#[map]
+static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
 /// Aggregate mode, grouping: the histograms, one counter per key, per CPU.
 /// Preallocated: allocating per-CPU values as keys appear cost 5-25 µs per
 /// transition under a storm of new groups (measured here); the loader
@@ -110,6 +113,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     if MODE.load() == MODE_AGGREGATE {
         aggregate(&ctx, &args, filter);
+        let states = load(&aggregate_config().stream_states);
+        if states & u32::from(state_bit(args.oldstate) | state_bit(args.newstate)) != 0 {
+            emit(&args, bpf_get_current_pid_tgid());
+        }
         return 0;
     }
     // `leaks` needs only CLOSE_WAIT's comings and goings: the rest never
@@ -399,6 +406,12 @@ fn aggregate(ctx: &TracePointContext, args: &InetSockSetStateArgs, filter: &Filt
     };
     let mut key = group_key(args, owner.tgid, cfg, now);
     let grouped = load(&cfg.group_by) != GROUP_NONE;
+    if owner.passes != 0
+        && let Some(n) = TRANSITIONS.get_ptr_mut(transition_index(old, new))
+    {
+        // SAFETY: this CPU's slot; the kernel never nests runs on one CPU.
+        unsafe { *n += 1 };
+    }
     let (handshake, handshake_ns) = measure(prev.as_ref(), old, new, now, |kind, ns| {
         if owner.passes != 0 {
             count(&mut key, kind, ns, grouped);
@@ -607,12 +620,14 @@ fn count_total(kind: u8, epoch: u32, ns: u64) {
         *h = TotalHist {
             epoch: u64::from(epoch),
             max_ns: 0,
+            sum_ns: 0,
             buckets: [0; LOG2_BUCKETS as usize],
         };
     }
     // The mask bounds the index for the verifier; buckets are below 64 anyway.
     h.buckets[usize::from(log2_bucket(ns / 1000) & (LOG2_BUCKETS - 1))] += 1;
     h.max_ns = h.max_ns.max(ns);
+    h.sum_ns += ns;
 }
 
 /// Applies `update` to this CPU's counter for `key`, creating it when missing.

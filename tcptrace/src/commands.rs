@@ -2,12 +2,15 @@
 
 use std::{io::BufWriter, process::ExitCode};
 
+use anyhow::Context as _;
+use tcptrace_common::AggregateConfig;
+
 use crate::{
     cli::{FilterArgs, LeaksArgs, TuningArgs, WatchArgs},
     clock::{Clock, monotonic_ns},
     holders::HolderIndex,
     leaks::{self, Collector, LeakFilter, LeaksSink, Report, Trend},
-    loader::ProbeConfig,
+    loader::{AggregateProbe, ProbeConfig},
     owner::Attributor,
     sockdiag,
     state::TcpState,
@@ -139,9 +142,22 @@ pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     use crate::serve::{Scope, ServeOptions, ServeSink, bind, spawn_http};
     let listener = bind(args.listen)?;
     let mut probe = probe_config(&args.filter, &args.tuning)?;
-    if args.filter.pids.is_empty() && args.filter.comm.is_none() {
-        // Without an owner filter, inodes serve only to name the holders of
-        // CLOSE_WAIT sockets sock_diag cannot list.
+    let by_owner = !args.filter.pids.is_empty() || args.filter.comm.is_some();
+    // Every transition is counted and timed in the kernel, as `hist` does;
+    // only CLOSE_WAIT's comings and goings reach userspace, for the holders
+    // of the leaks sock_diag cannot list (other network namespaces).
+    let (has_comm, comm) = crate::hist::kernel_comm(args.filter.comm.as_deref());
+    probe.aggregate = Some(AggregateProbe {
+        config: AggregateConfig {
+            has_comm,
+            comm,
+            stream_states: u32::from(state_mask(&[TcpState::CloseWait, TcpState::LastAck])),
+            ..AggregateConfig::NONE
+        },
+        max_sockets: u32::try_from(args.tuning.max_sockets).unwrap_or(u32::MAX),
+    });
+    if !by_owner {
+        // Without an owner filter, inodes serve only to name those holders.
         probe.filter.inode_states = state_mask(&[TcpState::CloseWait]);
     }
     let filters = Filters {
@@ -153,29 +169,36 @@ pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
         &probe,
         filters,
         args.tuning.max_sockets,
-        Attributor::new(Some(HolderIndex::new())),
+        Attributor::new(by_owner.then(HolderIndex::new)),
     )?;
-    // tcptrace_sockets{state} counts the sockets that existed at start too.
-    tracer.seed_existing(family(&args.filter), sockdiag::ALL_STATES)?;
+    let mut maps = tracer
+        .take_aggregate()
+        .context("the kernel program has no aggregate maps")?;
+    if by_owner {
+        // Sockets listeners create in softirq inherit their owner.
+        crate::hist::seed_listeners(&mut maps.listen_owners, &args.filter, &comm)?;
+    }
     let lports = args.filter.lports.clone().map(|p| p.0).unwrap_or_default();
     let rports = args.filter.rports.clone().map(|p| p.0).unwrap_or_default();
-    let (mut sink, exposition) = ServeSink::new(ServeOptions {
-        top: args.top,
-        interval: args.interval,
-        leak_filter: LeakFilter {
-            pids: args.filter.pids.clone(),
-            comm: args.filter.comm.clone(),
-            lports: lports.clone(),
-            rports: rports.clone(),
-            family: family(&args.filter),
+    let (mut sink, exposition) = ServeSink::new(
+        ServeOptions {
+            top: args.top,
+            interval: args.interval,
+            leak_filter: LeakFilter {
+                pids: args.filter.pids.clone(),
+                comm: args.filter.comm.clone(),
+                lports: lports.clone(),
+                rports: rports.clone(),
+                family: family(&args.filter),
+            },
+            scope: Scope {
+                lports,
+                rports,
+                family: family(&args.filter),
+            },
         },
-        scope: Scope {
-            lports,
-            rports,
-            family: family(&args.filter),
-        },
-        max_sockets: args.tuning.max_sockets,
-    });
+        maps,
+    );
     let addr = spawn_http(listener, exposition)?;
     eprintln!("tcptrace: serving metrics on http://{addr}/metrics");
     let stats = tracer.run(&mut sink, None, DEFAULT_TICK).await?;

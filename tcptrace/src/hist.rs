@@ -33,8 +33,8 @@ use serde_json::{Value, json};
 use tcptrace_common::{
     AF_INET, AggregateConfig, GROUP_LPORT, GROUP_NONE, GROUP_PROCESS, GROUP_RADDR, GROUP_RPORT,
     HS_ACCEPT, HS_ACTIVE_CLOSE, HS_CONNECT, HS_PASSIVE_APP, HS_PASSIVE_CLOSE, HS_PASSIVE_LAST_ACK,
-    HistKey, ListenerOwner, SLOT_MAX, SockTimes, TASK_COMM_LEN, TOTAL_KINDS, TotalHist, measure,
-    total_kind,
+    HistKey, LOG2_BUCKETS, ListenerOwner, SLOT_MAX, SockTimes, TASK_COMM_LEN, TOTAL_KINDS,
+    TotalHist, measure, total_kind,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -418,7 +418,7 @@ pub async fn run(args: HistArgs, stream: ProbeConfig) -> anyhow::Result<ExitCode
 }
 
 /// The kernel's comm filter: the name as the kernel stores it (at most 15 bytes).
-fn kernel_comm(comm: Option<&str>) -> (u32, [u8; TASK_COMM_LEN]) {
+pub fn kernel_comm(comm: Option<&str>) -> (u32, [u8; TASK_COMM_LEN]) {
     let mut out = [0u8; TASK_COMM_LEN];
     let Some(c) = comm else { return (0, out) };
     let n = c.len().min(TASK_COMM_LEN - 1);
@@ -443,7 +443,7 @@ async fn aggregate(
         has_comm,
         // The loader sizes SOCKETS and sets this.
         socket_sets: 0,
-        _pad: 0,
+        stream_states: 0,
         comm,
     };
     let mut probe = Probe::load(&ProbeConfig {
@@ -527,7 +527,7 @@ async fn aggregate(
 /// Tells the kernel who owns the listeners that existed before it was
 /// attached, so the sockets they create in softirq get their owner rather
 /// than whoever was on the CPU.
-fn seed_listeners(
+pub fn seed_listeners(
     map: &mut aya::maps::HashMap<MapData, u16, ListenerOwner>,
     filter: &FilterArgs,
     comm: &[u8; TASK_COMM_LEN],
@@ -595,21 +595,46 @@ fn read_totals(
     let wanted = u64::from(*epochs.start())..=u64::from(*epochs.end());
     let mut summary = Summary::default();
     for index in 0..TOTAL_KINDS * 2 {
-        for h in map.get(&index, 0)?.iter() {
-            if !wanted.contains(&h.epoch) || h.buckets.iter().all(|n| *n == 0) {
-                continue;
-            }
-            let e = summary
-                .hists
-                .entry((total_kind(index), Group::All))
-                .or_default();
-            for (sum, n) in e.log2.buckets.iter_mut().zip(h.buckets) {
-                *sum += n;
-            }
-            e.log2.max_ns = e.log2.max_ns.max(h.max_ns);
+        let Some(h) = total_entry(map, index, &wanted)? else {
+            continue;
+        };
+        let e = summary
+            .hists
+            .entry((total_kind(index), Group::All))
+            .or_default();
+        for (sum, n) in e.log2.buckets.iter_mut().zip(h.buckets) {
+            *sum += n;
         }
+        e.log2.max_ns = e.log2.max_ns.max(h.max_ns);
     }
     Ok(summary)
+}
+
+/// `TOTALS` entry `index` summed over the CPUs whose copy is for an interval
+/// in `wanted` (buckets and sums added, the maximum kept); `None` when empty.
+pub fn total_entry(
+    map: &PerCpuArray<MapData, TotalHist>,
+    index: u32,
+    wanted: &RangeInclusive<u64>,
+) -> anyhow::Result<Option<TotalHist>> {
+    let mut total: Option<TotalHist> = None;
+    for h in map.get(&index, 0)?.iter() {
+        if !wanted.contains(&h.epoch) || h.buckets.iter().all(|n| *n == 0) {
+            continue;
+        }
+        let t = total.get_or_insert(TotalHist {
+            epoch: h.epoch,
+            max_ns: 0,
+            sum_ns: 0,
+            buckets: [0; LOG2_BUCKETS as usize],
+        });
+        for (sum, n) in t.buckets.iter_mut().zip(h.buckets) {
+            *sum += n;
+        }
+        t.max_ns = t.max_ns.max(h.max_ns);
+        t.sum_ns += h.sum_ns;
+    }
+    Ok(total)
 }
 
 /// Grouping: reads and deletes the keys of the intervals in `epochs`.

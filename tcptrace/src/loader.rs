@@ -69,6 +69,8 @@ pub struct AggregateMaps {
     pub listen_owners: HashMap<MapData, u16, ListenerOwner>,
     /// Owner tgid -> comm, learnt in process context (grouping by process).
     pub comms: HashMap<MapData, u32, [u8; TASK_COMM_LEN]>,
+    /// Transitions per (old, new) state ([`tcptrace_common::transition_index`]).
+    pub transitions: PerCpuArray<MapData, u64>,
 }
 
 impl Probe {
@@ -157,6 +159,7 @@ impl Probe {
                     hist: PerCpuHashMap::try_from(take("HIST")?)?,
                     listen_owners: HashMap::try_from(take("LISTEN_OWNERS")?)?,
                     comms: HashMap::try_from(take("COMMS")?)?,
+                    transitions: PerCpuArray::try_from(take("TRANSITIONS")?)?,
                 })
             }
             None => None,
@@ -228,13 +231,22 @@ fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
             ("COMMS", 1),
             ("TOTALS", 1),
             ("HIST", 1),
+            ("TRANSITIONS", 1),
         ];
     };
     let by = a.config.group_by;
     let owners = by == GROUP_PROCESS || cfg.filter.n_pids != 0 || a.config.has_comm != 0;
     vec![
-        // The ring buffer stays, unused: its smallest size is a page.
-        ("EVENTS", page_size()),
+        // Unless some states are streamed too, the ring buffer stays unused:
+        // its smallest size is a page.
+        (
+            "EVENTS",
+            if a.config.stream_states == 0 {
+                page_size()
+            } else {
+                cfg.ring_bytes
+            },
+        ),
         ("SOCKETS", socket_entries(a.max_sockets)),
         // The stream's pid filter maps.
         ("OWNERS", 1),

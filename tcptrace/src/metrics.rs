@@ -1,6 +1,8 @@
-//! The Prometheus metrics of `tcptrace serve`: their names, how one
-//! transition updates them, and how the periodic snapshots (sockets per
-//! state, CLOSE_WAIT holders, tcptrace's own counts) replace theirs.
+//! The Prometheus metrics of `tcptrace serve`: their names, and how the
+//! periodic snapshots replace their values: the kernel's counters and
+//! histograms (every transition is counted in the kernel, none crosses to
+//! userspace for these), sockets per state, CLOSE_WAIT holders, tcptrace's
+//! own counts.
 //!
 //! Named by the Prometheus guide: one `tcptrace_` prefix, seconds, `_total`
 //! counters, lowercase state labels as node_exporter's
@@ -8,7 +10,6 @@
 //! there are no per-socket labels.
 
 use std::{
-    collections::HashMap,
     fmt::{self, Write as _},
     sync::{Arc, Mutex, PoisonError, RwLock, atomic::AtomicU64},
 };
@@ -18,32 +19,25 @@ use prometheus_client::{
     encoding::{
         DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
     },
-    metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-        info::Info,
-    },
+    metrics::{MetricType, counter::ConstCounter, family::Family, gauge::Gauge, info::Info},
     registry::{Registry, Unit},
 };
 
-use crate::{
-    decode::Event,
-    leaks::ProcessLeaks,
-    socket_table::{Socket, SocketTable},
-    state::TcpState,
-    trace::{Stats, Transition},
-};
+use crate::{leaks::ProcessLeaks, log2::BUCKETS as LOG2_BUCKETS, state::TcpState, trace::Stats};
 
-/// Histogram buckets: 10 µs × 4^k up to ~45 min (loopback handshakes take
-/// tens of µs, leaks last minutes), 15 buckets plus +Inf.
-pub const BUCKET_START_SECONDS: f64 = 1e-5;
-pub const BUCKET_FACTOR: f64 = 4.0;
-pub const BUCKET_COUNT: u16 = 15;
+/// Histogram buckets: `le` = 4^k µs for k = 1..=16, 4 µs to ~72 min
+/// (loopback handshakes take tens of µs, leaks last minutes), plus +Inf.
+/// Each is exactly two of the kernel's log2 buckets of microseconds, so the
+/// counts are exact up to the microsecond the kernel truncates to.
+pub const BUCKET_COUNT: usize = 16;
+
+/// The upper bound of bucket `k` (1-based), in seconds.
+pub fn bucket_bound_seconds(k: usize) -> f64 {
+    4f64.powi(i32::try_from(k).unwrap_or(i32::MAX)) / 1e6
+}
 
 /// TCP state numbers are below this (include/net/tcp_states.h).
-const STATES: usize = 16;
+pub const STATES: usize = 16;
 
 /// The states `tcptrace_sockets` reports. LISTEN is left out (listeners that
 /// existed at start are not in the socket table) and so is TIME_WAIT (the
@@ -95,6 +89,16 @@ impl Handshake {
         Self::PassiveClose,
     ];
 
+    /// The kernel's histogram kind for this phase (`HS_*`).
+    pub const fn kernel_kind(self) -> u8 {
+        match self {
+            Self::Connect => tcptrace_common::HS_CONNECT,
+            Self::Accept => tcptrace_common::HS_ACCEPT,
+            Self::ActiveClose => tcptrace_common::HS_ACTIVE_CLOSE,
+            Self::PassiveClose => tcptrace_common::HS_PASSIVE_CLOSE,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -136,28 +140,10 @@ pub struct ProcessLabels {
     pub container: String,
 }
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(
-        BUCKET_START_SECONDS,
-        BUCKET_FACTOR,
-        BUCKET_COUNT,
-    ))
-}
-
 /// Everything `serve` exports; the handles share their values with the
 /// [`Exposition`] that renders them.
 pub struct Metrics {
-    transitions: Family<TransitionLabels, Counter>,
-    state_duration: Histograms<StateLabels>,
-    handshake_duration: Histograms<HandshakeLabels>,
-    handshakes: HandshakeTracker,
-    /// The series `observe` feeds, by state number: handles share their
-    /// values with the families, and skip a hashed, locked lookup per event.
-    transition_series: Vec<Option<Counter>>,
-    duration_series: Vec<Option<Histogram>>,
-    handshake_series: Vec<Histogram>,
+    kernel: Arc<KernelSeries>,
     sockets: Family<StateLabels, Gauge>,
     close_wait: Family<ProcessLabels, Gauge>,
     close_wait_oldest: Family<ProcessLabels, Gauge<f64, AtomicU64>>,
@@ -186,17 +172,10 @@ impl Exposition {
 
 impl Metrics {
     /// The metrics and what renders them (names prefixed `tcptrace_`).
-    /// `max_open` bounds the sockets whose close is being timed.
-    pub fn new(max_open: usize) -> (Self, Exposition) {
+    pub fn new() -> (Self, Exposition) {
         let mut reg = Registry::with_prefix("tcptrace");
-        let mut m = Self {
-            transitions: Family::default(),
-            state_duration: Family::new_with_constructor(duration_histogram),
-            handshake_duration: Family::new_with_constructor(duration_histogram),
-            handshakes: HandshakeTracker::new(max_open),
-            transition_series: vec![None; STATES * STATES],
-            duration_series: vec![None; STATES],
-            handshake_series: Vec::new(),
+        let m = Self {
+            kernel: Arc::new(KernelSeries::default()),
             sockets: Family::default(),
             close_wait: Family::default(),
             close_wait_oldest: Family::default(),
@@ -205,28 +184,11 @@ impl Metrics {
             own: Arc::new(OwnCounters::default()),
             snapshot: Arc::new(RwLock::new(())),
         };
-        reg.register(
-            "transitions",
-            "TCP state transitions, by old and new state",
-            m.transitions.clone(),
-        );
+        reg.register_collector(Box::new(m.kernel.clone()));
         reg.register(
             "sockets",
-            "Sockets tracked in each connection state, including those that existed at start",
+            "Sockets in each connection state in tcptrace's network namespace (sock_diag)",
             m.sockets.clone(),
-        );
-        reg.register_with_unit(
-            "state_duration",
-            "Time sockets spent in a state, observed when they leave it",
-            Unit::Seconds,
-            m.state_duration.clone(),
-        );
-        reg.register_with_unit(
-            "handshake_duration",
-            "Connection phases: connect (SYN_SENT to ESTABLISHED), accept (SYN_RECV to ESTABLISHED), \
-             active_close (FIN_WAIT1 to CLOSE), passive_close (CLOSE_WAIT to CLOSE)",
-            Unit::Seconds,
-            m.handshake_duration.clone(),
         );
         reg.register(
             "close_wait_sockets",
@@ -264,13 +226,6 @@ impl Metrics {
                 state: StateLabel(state),
             }));
         }
-        for handshake in Handshake::ALL {
-            let series = m
-                .handshake_duration
-                .get_or_create(&HandshakeLabels { handshake })
-                .clone();
-            m.handshake_series.push(series);
-        }
         let exposition = Exposition {
             registry: reg,
             snapshot: m.snapshot.clone(),
@@ -278,45 +233,13 @@ impl Metrics {
         (m, exposition)
     }
 
-    /// Counts one transition and observes the durations it ends. The only
-    /// place histograms are fed from the event stream.
-    pub fn observe(&mut self, t: &Transition<'_>) {
-        let ev = t.ev;
-        let (from, to) = (ev.oldstate as usize, ev.newstate as usize);
-        let transitions = &self.transitions;
-        self.transition_series[from * STATES + to]
-            .get_or_insert_with(|| {
-                transitions
-                    .get_or_create(&TransitionLabels {
-                        from: StateLabel(ev.oldstate),
-                        to: StateLabel(ev.newstate),
-                    })
-                    .clone()
-            })
-            .inc();
-        if let Some(ns) = t.dwell_ns {
-            let durations = &self.state_duration;
-            self.duration_series[from]
-                .get_or_insert_with(|| {
-                    durations
-                        .get_or_create(&StateLabels {
-                            state: StateLabel(ev.oldstate),
-                        })
-                        .clone()
-                })
-                .observe(seconds(ns));
-        }
-        if let Some((handshake, ns)) = self.handshakes.on(ev, t.dwell_ns) {
-            self.handshake_series[handshake as usize].observe(seconds(ns));
-        }
+    /// Replaces the kernel's counters and histograms with a newer reading.
+    pub fn set_kernel(&self, snapshot: KernelSnapshot) {
+        *self.kernel.0.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
 
-    /// Replaces `tcptrace_sockets` with the table's counts of the sockets `keep` selects.
-    pub fn set_sockets(&self, table: &SocketTable, keep: impl Fn(&Socket) -> bool) {
-        let mut counts = [0i64; 256];
-        for (_, s) in table.iter().filter(|(_, s)| keep(s)) {
-            counts[s.state as usize] += 1;
-        }
+    /// Replaces `tcptrace_sockets` with these counts, indexed by state number.
+    pub fn set_sockets(&self, counts: &[i64; STATES]) {
         let _replacing = self
             .snapshot
             .write()
@@ -384,11 +307,6 @@ impl Metrics {
             bpf_run_time_ns,
         };
     }
-
-    /// Sockets whose close is being timed (bounded by `max_open`).
-    pub fn open_handshakes(&self) -> usize {
-        self.handshakes.open.len()
-    }
 }
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -450,58 +368,114 @@ impl Collector for OwnCounters {
     }
 }
 
-/// Times the phases that span several transitions of one socket. Connect
-/// and accept are one state's dwell time; a close runs from entering
-/// FIN_WAIT1 or CLOSE_WAIT to CLOSE, so its start is kept per socket
-/// (bounded: the oldest are dropped when full, as the socket table does).
-pub struct HandshakeTracker {
-    open: HashMap<u64, (Handshake, u64)>,
-    cap: usize,
+/// One of the kernel's histograms, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelHist {
+    /// Log2 buckets of microseconds, as the kernel counts them.
+    pub buckets: [u64; LOG2_BUCKETS],
+    pub sum_ns: u64,
 }
 
-impl HandshakeTracker {
-    pub fn new(cap: usize) -> Self {
+impl Default for KernelHist {
+    fn default() -> Self {
         Self {
-            open: HashMap::new(),
-            cap: cap.max(1),
+            buckets: [0; LOG2_BUCKETS],
+            sum_ns: 0,
         }
+    }
+}
+
+impl KernelHist {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
     }
 
-    /// The phase this event ends and how long it took, if any.
-    pub fn on(&mut self, ev: &Event, dwell_ns: Option<u64>) -> Option<(Handshake, u64)> {
-        use TcpState::*;
-        // A new lifecycle at this address: nothing carries over.
-        if ev.oldstate == Close || (ev.oldstate == Listen && ev.newstate == SynRecv) {
-            self.open.remove(&ev.skaddr);
-        }
-        match (ev.oldstate, ev.newstate) {
-            (SynSent, Established) => dwell_ns.map(|ns| (Handshake::Connect, ns)),
-            (SynRecv, Established) => dwell_ns.map(|ns| (Handshake::Accept, ns)),
-            (_, FinWait1) => {
-                self.start(ev.skaddr, Handshake::ActiveClose, ev.ts_ns);
-                None
-            }
-            (_, CloseWait) => {
-                self.start(ev.skaddr, Handshake::PassiveClose, ev.ts_ns);
-                None
-            }
-            (_, Close) => self
-                .open
-                .remove(&ev.skaddr)
-                .and_then(|(kind, start)| Some((kind, ev.ts_ns.checked_sub(start)?))),
-            _ => None,
-        }
+    /// Prometheus buckets `(le, count in it)`, +Inf last: bucket k (4^k µs)
+    /// holds the kernel's log2 buckets 2k-2 and 2k-1, values below 2^(2k) µs.
+    fn prometheus_buckets(&self) -> Vec<(f64, u64)> {
+        let mut out: Vec<(f64, u64)> = (1..=BUCKET_COUNT)
+            .map(|k| {
+                let n = self.buckets[2 * k - 2] + self.buckets[2 * k - 1];
+                (bucket_bound_seconds(k), n)
+            })
+            .collect();
+        let rest = self.buckets[2 * BUCKET_COUNT..].iter().sum();
+        out.push((f64::INFINITY, rest));
+        out
     }
+}
 
-    fn start(&mut self, key: u64, kind: Handshake, ts_ns: u64) {
-        if self.open.len() >= self.cap && !self.open.contains_key(&key) {
-            let ages = self.open.iter().map(|(k, v)| (v.1, *k));
-            for k in crate::socket_table::eviction_batch(ages, self.cap) {
-                self.open.remove(&k);
-            }
+/// What the kernel has counted since it was attached, read on each snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelSnapshot {
+    /// `(old, new, count)`, the transitions seen at least once.
+    pub transitions: Vec<(TcpState, TcpState, u64)>,
+    /// Time spent in each state, for the states left at least once.
+    pub states: Vec<(TcpState, KernelHist)>,
+    /// Every phase, measured or not: its series exist from the start.
+    pub handshakes: Vec<(Handshake, KernelHist)>,
+}
+
+/// The kernel's counters and histograms, rendered as they were last read
+/// (a collector: the values are the kernel's, not incremented here).
+#[derive(Debug, Default)]
+struct KernelSeries(Mutex<KernelSnapshot>);
+
+impl Collector for KernelSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut family = encoder.encode_descriptor(
+            "transitions",
+            "TCP state transitions, by old and new state.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (from, to, n) in &s.transitions {
+            let labels = TransitionLabels {
+                from: StateLabel(*from),
+                to: StateLabel(*to),
+            };
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
-        self.open.insert(key, (kind, ts_ns));
+        let mut family = encoder.encode_descriptor(
+            "state_duration",
+            "Time sockets spent in a state, observed when they leave it.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (state, h) in &s.states {
+            let labels = StateLabels {
+                state: StateLabel(*state),
+            };
+            encode_histogram(family.encode_family(&labels)?, h)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "handshake_duration",
+            "Connection phases: connect (SYN_SENT to ESTABLISHED), accept (SYN_RECV to ESTABLISHED), \
+             active_close (FIN_WAIT1 to CLOSE), passive_close (CLOSE_WAIT to CLOSE).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (handshake, h) in &s.handshakes {
+            let labels = HandshakeLabels {
+                handshake: *handshake,
+            };
+            encode_histogram(family.encode_family(&labels)?, h)?;
+        }
+        Ok(())
     }
+}
+
+fn encode_histogram(
+    mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    h: &KernelHist,
+) -> fmt::Result {
+    encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        seconds(h.sum_ns),
+        h.count(),
+        &h.prometheus_buckets(),
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -510,154 +484,112 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::Family as AddrFamily,
         holders::Holder,
         leaks::{LeakSocket, group},
-        owner::Owner,
         socket_table::Tuple,
     };
 
     use TcpState::*;
 
-    use crate::decode::test_event as ev;
-
-    fn sock(state: TcpState, lport: u16) -> Socket {
-        Socket {
-            state,
-            since_ns: 0,
-            since_estimated: false,
-            family: AddrFamily::V4,
-            tuple: Tuple {
-                laddr: Ipv4Addr::LOCALHOST.into(),
-                lport,
-                raddr: Ipv4Addr::LOCALHOST.into(),
-                rport: 61616,
-            },
-            inode: 0,
-            owner: None,
-        }
-    }
-
-    fn feed(m: &mut Metrics, events: &[(TcpState, TcpState, u64, Option<u64>)]) {
-        for (old, new, ts_ms, dwell_ms) in events {
-            let e = ev(0xffff_0000_0000_0001, *ts_ms, *old, *new);
-            let s = sock(*new, 5000);
-            m.observe(&Transition {
-                ev: &e,
-                dwell_ns: dwell_ms.map(|d| d * 1_000_000),
-                socket: &s,
-                owners: &[Owner::task(1, "t")],
-            });
-        }
-    }
-
     fn text(reg: &Exposition) -> String {
         reg.render().unwrap()
     }
 
+    /// A kernel histogram with `n` values in each of these log2 buckets.
+    fn kernel_hist(values: &[(usize, u64)], sum_ns: u64) -> KernelHist {
+        let mut h = KernelHist::default();
+        for (bucket, n) in values {
+            h.buckets[*bucket] += n;
+        }
+        h.sum_ns = sum_ns;
+        h
+    }
+
     #[test]
-    fn a_lifecycle_feeds_counters_and_histograms() {
-        let (mut m, reg) = Metrics::new(16);
-        feed(
-            &mut m,
-            &[
-                (Close, SynSent, 0, None),
-                (SynSent, Established, 1, Some(1)),
-                (Established, FinWait1, 101, Some(100)),
-                (FinWait1, FinWait2, 102, Some(1)),
-                (FinWait2, Close, 103, Some(1)),
-            ],
-        );
+    fn each_prometheus_bucket_is_two_kernel_buckets() {
+        let all = KernelHist {
+            buckets: [1; LOG2_BUCKETS],
+            sum_ns: 0,
+        };
+        let b = all.prometheus_buckets();
+        assert_eq!(b.len(), BUCKET_COUNT + 1);
+        assert!(b[..BUCKET_COUNT].iter().all(|(_, n)| *n == 2), "{b:?}");
+        assert_eq!(b[BUCKET_COUNT], (f64::INFINITY, 32));
+        assert_eq!(b[0].0, 4e-6);
+        assert_eq!(b[9].0, 1.048576);
+        assert_eq!(b[15].0, 4294.967296);
+        // 100 µs is in log2 bucket 6 ([64, 127] µs): below 256 µs, above 64 µs.
+        let one = kernel_hist(&[(6, 1)], 100_000);
+        let b = one.prometheus_buckets();
+        assert_eq!((b[3].0, b[3].1), (2.56e-4, 1));
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn the_kernels_counters_and_histograms_render_as_read() {
+        let (m, reg) = Metrics::new();
         let t = text(&reg);
-        assert!(
-            t.contains("tcptrace_transitions_total{from=\"syn_sent\",to=\"established\"} 1"),
-            "{t}"
-        );
-        assert!(
-            t.contains("tcptrace_state_duration_seconds_count{state=\"established\"} 1"),
-            "{t}"
-        );
-        assert!(
-            t.contains("tcptrace_handshake_duration_seconds_count{handshake=\"connect\"} 1"),
-            "{t}"
-        );
-        // FIN_WAIT1 at 101 ms to CLOSE at 103 ms.
-        assert!(
-            t.contains("tcptrace_handshake_duration_seconds_sum{handshake=\"active_close\"} 0.002"),
-            "{t}"
-        );
-        assert!(
-            t.contains("tcptrace_handshake_duration_seconds_count{handshake=\"passive_close\"} 0"),
-            "{t}"
-        );
+        // Before the first reading: the families exist, the phases' series not yet.
         assert!(
             t.contains("# TYPE tcptrace_transitions_total counter"),
             "{t}"
         );
-        assert!(t.contains("tcptrace_build_info{version="), "{t}");
+        assert!(
+            t.contains("# TYPE tcptrace_state_duration_seconds histogram"),
+            "{t}"
+        );
         assert!(t.contains("tcptrace_events_total 0"), "{t}");
         assert!(!t.contains("bpf_run_time"), "{t}");
-        assert_eq!(m.open_handshakes(), 0);
-    }
-
-    #[test]
-    fn passive_close_and_accept_and_fresh_lifecycles() {
-        let mut h = HandshakeTracker::new(16);
-        let k = 0xffff_0000_0000_0002;
-        assert_eq!(h.on(&ev(k, 0, Listen, SynRecv), None), None);
-        assert_eq!(
-            h.on(&ev(k, 1, SynRecv, Established), Some(7)),
-            Some((Handshake::Accept, 7))
-        );
-        assert_eq!(h.on(&ev(k, 10, Established, CloseWait), Some(9)), None);
-        assert_eq!(h.on(&ev(k, 510, CloseWait, LastAck), Some(500)), None);
-        assert_eq!(
-            h.on(&ev(k, 511, LastAck, Close), Some(1)),
-            Some((Handshake::PassiveClose, 501_000_000))
-        );
-        // A CLOSE whose start we did not see is not a duration.
-        assert_eq!(h.on(&ev(k, 600, FinWait2, Close), None), None);
-        // A lost CLOSE, then the address is reused: the old start is dropped.
-        h.on(&ev(k, 700, Established, FinWait1), None);
-        h.on(&ev(k, 800, Close, SynSent), None);
-        assert_eq!(h.on(&ev(k, 900, SynSent, Close), Some(1)), None);
-    }
-
-    #[test]
-    fn the_close_timer_table_is_bounded() {
-        let mut h = HandshakeTracker::new(32);
-        for i in 0..100 {
-            h.on(
-                &ev(0xffff_0000_0001_0000 + i, i, Established, CloseWait),
-                None,
-            );
+        m.set_kernel(KernelSnapshot {
+            transitions: vec![(SynSent, Established, 3), (Established, FinWait1, 2)],
+            states: vec![(Established, kernel_hist(&[(6, 2), (19, 1)], 600_200_000))],
+            handshakes: Handshake::ALL
+                .into_iter()
+                .map(|h| {
+                    let hist = if h == Handshake::ActiveClose {
+                        kernel_hist(&[(10, 1)], 2_000_000)
+                    } else {
+                        KernelHist::default()
+                    };
+                    (h, hist)
+                })
+                .collect(),
+        });
+        let t = text(&reg);
+        for line in [
+            "tcptrace_transitions_total{from=\"syn_sent\",to=\"established\"} 3",
+            "tcptrace_transitions_total{from=\"established\",to=\"fin_wait1\"} 2",
+            "tcptrace_state_duration_seconds_count{state=\"established\"} 3",
+            "tcptrace_state_duration_seconds_sum{state=\"established\"} 0.6002",
+            "tcptrace_state_duration_seconds_bucket{state=\"established\",le=\"0.000256\"} 2",
+            "tcptrace_state_duration_seconds_bucket{state=\"established\",le=\"0.262144\"} 2",
+            "tcptrace_state_duration_seconds_bucket{state=\"established\",le=\"1.048576\"} 3",
+            "tcptrace_state_duration_seconds_bucket{state=\"established\",le=\"+Inf\"} 3",
+            "tcptrace_handshake_duration_seconds_sum{handshake=\"active_close\"} 0.002",
+            "tcptrace_handshake_duration_seconds_count{handshake=\"active_close\"} 1",
+            "tcptrace_handshake_duration_seconds_count{handshake=\"passive_close\"} 0",
+            "tcptrace_build_info{version=",
+        ] {
+            assert!(t.contains(line), "{line}\n{t}");
         }
-        assert!(h.open.len() <= 32, "{}", h.open.len());
-        // The newest survived.
+        // A state never left has no duration series.
         assert!(
-            h.on(&ev(0xffff_0000_0001_0000 + 99, 200, CloseWait, Close), None)
-                .is_some()
+            !t.contains("tcptrace_state_duration_seconds_count{state=\"close_wait\"}"),
+            "{t}"
         );
     }
 
     #[test]
-    fn sockets_per_state_from_the_table() {
-        let (m, reg) = Metrics::new(16);
-        let mut table = SocketTable::new(64);
-        for (i, st) in [CloseWait, CloseWait, Established, SynSent]
-            .into_iter()
-            .enumerate()
-        {
-            let mut s = sock(st, 6000 + i as u16);
-            if i == 1 {
-                s.tuple.lport = 7000;
-            }
-            table.seed(i as u64 + 1, s);
-        }
-        m.set_sockets(&table, |s| s.tuple.lport != 7000);
+    fn sockets_per_state_from_counts() {
+        let (m, reg) = Metrics::new();
+        let mut counts = [0i64; STATES];
+        counts[CloseWait as usize] = 4;
+        counts[Established as usize] = 1;
+        counts[Listen as usize] = 9;
+        m.set_sockets(&counts);
         let t = text(&reg);
         assert!(
-            t.contains("tcptrace_sockets{state=\"close_wait\"} 1"),
+            t.contains("tcptrace_sockets{state=\"close_wait\"} 4"),
             "{t}"
         );
         assert!(
@@ -691,7 +623,7 @@ mod tests {
 
     #[test]
     fn top_processes_by_name_and_the_rest_summed_as_other() {
-        let (m, reg) = Metrics::new(16);
+        let (m, reg) = Metrics::new();
         let mut rows = group(vec![
             leak(1, 10, 10, "java"),
             leak(2, 20, 10, "java"),
@@ -743,7 +675,7 @@ mod tests {
 
     #[test]
     fn own_counters_and_bpf_time_only_when_known() {
-        let (m, reg) = Metrics::new(16);
+        let (m, reg) = Metrics::new();
         m.set_own(
             Stats {
                 events: 5,

@@ -1,6 +1,9 @@
-//! `tcptrace serve`: a Prometheus exporter. The tracer runs as for the other
-//! subcommands; [`ServeSink`] keeps the metrics (see [`crate::metrics`]) and
-//! an HTTP/1.1 server answers `/metrics`, `/healthz` and `/`.
+//! `tcptrace serve`: a Prometheus exporter. The kernel counts and times every
+//! transition (aggregate mode, as `hist`), and streams only CLOSE_WAIT's
+//! comings and goings; [`ServeSink`] copies the kernel's figures, sock_diag's
+//! sockets per state and the CLOSE_WAIT holders into the metrics (see
+//! [`crate::metrics`]) on ticks, and an HTTP/1.1 server answers `/metrics`,
+//! `/healthz` and `/`.
 //!
 //! The server has a thread of its own: in a connection storm the tracer's
 //! loop can stay busy draining the ring buffer for seconds, and a scrape or
@@ -31,17 +34,25 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use tcptrace_common::transition_index;
+
 use crate::{
     clock::{Clock, monotonic_ns},
+    hist::total_entry,
     leaks::{Collector, LeakFilter, LeakSocket, ProcessLeaks, group},
-    metrics::{self, Exposition, Metrics},
+    loader::AggregateMaps,
+    metrics::{self, Exposition, Handshake, KernelHist, KernelSnapshot, Metrics, SOCKET_STATES},
+    sockdiag,
     socket_table::{Socket, SocketTable},
     state::TcpState,
     trace::{Context, Sink, Transition},
 };
 
-/// How often the socket gauges and tcptrace's own counters are refreshed.
+/// How often the kernel's figures and the socket gauges are refreshed.
 const SNAPSHOT_PERIOD: Duration = Duration::from_secs(1);
+/// The sockets-per-state dump costs in proportion to the host's sockets: it
+/// runs at most once per this many times its own duration (1% of a CPU).
+const DUMP_DUTY: u32 = 100;
 /// Scrapers hold one connection each; more than this is not a scraper.
 const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -195,9 +206,13 @@ pub struct Scope {
 
 impl Scope {
     pub fn keeps(&self, s: &Socket) -> bool {
-        (self.lports.is_empty() || self.lports.contains(&s.tuple.lport))
-            && (self.rports.is_empty() || self.rports.contains(&s.tuple.rport))
-            && self.family.is_none_or(|f| f == s.family.af())
+        self.keeps_ports(s.tuple.lport, s.tuple.rport, s.family.af())
+    }
+
+    pub fn keeps_ports(&self, lport: u16, rport: u16, family: u16) -> bool {
+        (self.lports.is_empty() || self.lports.contains(&lport))
+            && (self.rports.is_empty() || self.rports.contains(&rport))
+            && self.family.is_none_or(|f| f == family)
     }
 }
 
@@ -208,17 +223,19 @@ pub struct ServeOptions {
     pub interval: Duration,
     pub leak_filter: LeakFilter,
     pub scope: Scope,
-    /// Bound on the sockets whose close is being timed.
-    pub max_sockets: usize,
 }
 
 /// Feeds the metrics from the trace: transitions as they come, snapshots on ticks.
 pub struct ServeSink {
     metrics: Metrics,
+    /// The kernel's counters and histograms.
+    maps: AggregateMaps,
     collector: Collector,
     /// Holders of the CLOSE_WAIT sockets sock_diag cannot list.
     opts: ServeOptions,
     last_snapshot: Option<Instant>,
+    /// When the sockets per state were last dumped, and how long it took.
+    last_dump: Option<(Instant, Duration)>,
     last_rows: Option<Instant>,
     bpf_run_time_ns: Option<u64>,
     warned: bool,
@@ -226,13 +243,15 @@ pub struct ServeSink {
 
 impl ServeSink {
     /// The sink and what to serve.
-    pub fn new(opts: ServeOptions) -> (Self, Exposition) {
-        let (metrics, exposition) = Metrics::new(opts.max_sockets);
+    pub fn new(opts: ServeOptions, maps: AggregateMaps) -> (Self, Exposition) {
+        let (metrics, exposition) = Metrics::new();
         let sink = Self {
             metrics,
+            maps,
             collector: Collector::new(opts.leak_filter.clone()),
             opts,
             last_snapshot: None,
+            last_dump: None,
             last_rows: None,
             bpf_run_time_ns: None,
             warned: false,
@@ -329,9 +348,78 @@ fn due(last: Option<Instant>, period: Duration, now: Instant) -> bool {
     last.is_none_or(|t| now.duration_since(t) >= period)
 }
 
+impl ServeSink {
+    /// Sockets per state from sock_diag, within the port and family filters,
+    /// unless the last dump was too recent for its cost.
+    fn refresh_sockets(&mut self, now: Instant) {
+        if let Some((at, took)) = self.last_dump
+            && now.duration_since(at) < took.saturating_mul(DUMP_DUTY)
+        {
+            return;
+        }
+        let states = SOCKET_STATES
+            .iter()
+            .fold(0u32, |m, s| m | sockdiag::state_bit(*s as u8));
+        let started = Instant::now();
+        match sockdiag::dump_tcp(states, self.opts.scope.family) {
+            Ok(dump) => {
+                let mut counts = [0i64; metrics::STATES];
+                for d in dump
+                    .iter()
+                    .filter(|d| self.opts.scope.keeps_ports(d.sport, d.dport, d.family))
+                {
+                    if let Some(n) = counts.get_mut(usize::from(d.state)) {
+                        *n += 1;
+                    }
+                }
+                self.metrics.set_sockets(&counts);
+            }
+            Err(e) => log::warn!("sock_diag dump of sockets per state: {e:#}"),
+        }
+        self.last_dump = Some((now, started.elapsed()));
+    }
+}
+
+/// What the kernel has counted since it was attached.
+fn read_kernel(maps: &AggregateMaps) -> anyhow::Result<KernelSnapshot> {
+    let mut snapshot = KernelSnapshot::default();
+    for old in TcpState::ALL {
+        for new in TcpState::ALL {
+            let per_cpu = maps
+                .transitions
+                .get(&transition_index(old as u8, new as u8), 0)?;
+            let n: u64 = per_cpu.iter().sum();
+            if n > 0 {
+                snapshot.transitions.push((old, new, n));
+            }
+        }
+    }
+    // Interval 0 never ends: serve's histograms are cumulative.
+    let all = 0..=u64::MAX;
+    let hist = |kind: u8| -> anyhow::Result<Option<KernelHist>> {
+        let Some(index) = tcptrace_common::total_index(kind, 0) else {
+            return Ok(None);
+        };
+        Ok(total_entry(&maps.totals, index, &all)?.map(|t| KernelHist {
+            buckets: t.buckets,
+            sum_ns: t.sum_ns,
+        }))
+    };
+    for state in TcpState::ALL {
+        if let Some(h) = hist(state as u8)? {
+            snapshot.states.push((state, h));
+        }
+    }
+    for handshake in Handshake::ALL {
+        let h = hist(handshake.kernel_kind())?.unwrap_or_default();
+        snapshot.handshakes.push((handshake, h));
+    }
+    Ok(snapshot)
+}
+
 impl Sink for ServeSink {
-    fn transition(&mut self, t: &Transition<'_>, _clock: &Clock) -> io::Result<()> {
-        self.metrics.observe(t);
+    /// The streamed transitions (CLOSE_WAIT's) only feed the socket table.
+    fn transition(&mut self, _t: &Transition<'_>, _clock: &Clock) -> io::Result<()> {
         Ok(())
     }
 
@@ -344,8 +432,11 @@ impl Sink for ServeSink {
         if due(self.last_snapshot, SNAPSHOT_PERIOD, now) {
             self.last_snapshot = Some(now);
             self.bpf_run_time_ns = bpf_run_time_ns();
-            let scope = &self.opts.scope;
-            self.metrics.set_sockets(ctx.table, |s| scope.keeps(s));
+            match read_kernel(&self.maps) {
+                Ok(snapshot) => self.metrics.set_kernel(snapshot),
+                Err(e) => log::warn!("reading the kernel's counters: {e:#}"),
+            }
+            self.refresh_sockets(now);
         }
         // Every tick, so events_total keeps up with transitions_total.
         self.metrics.set_own(ctx.stats, self.bpf_run_time_ns);
@@ -425,7 +516,7 @@ mod tests {
 
     #[test]
     fn routes_methods_and_content_types() {
-        let (_m, reg) = Metrics::new(4);
+        let (_m, reg) = Metrics::new();
         let (s, ct, text) = body(respond(&reg, &Method::GET, "/metrics"));
         assert_eq!(s, StatusCode::OK);
         assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");

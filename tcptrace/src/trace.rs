@@ -209,6 +209,11 @@ impl Tracer {
         &self.table
     }
 
+    /// The aggregate mode's maps, for a sink that reads them itself.
+    pub fn take_aggregate(&mut self) -> Option<crate::loader::AggregateMaps> {
+        self.probe.aggregate.take()
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }
@@ -216,7 +221,7 @@ impl Tracer {
     pub fn stats(&self) -> Stats {
         Stats {
             lost: self.probe.lost(),
-            evicted: self.table.evicted(),
+            evicted: self.table.evicted() + self.probe.evicted(),
             missed: self.probe.missed(),
             ..self.stats
         }
@@ -284,7 +289,7 @@ impl Tracer {
                     attributor: &mut self.attributor,
                     stats: Stats {
                         lost: self.probe.lost(),
-                        evicted: self.table.evicted(),
+                        evicted: self.table.evicted() + self.probe.evicted(),
                         missed: self.warned_missed,
                         ..self.stats
                     },
@@ -352,15 +357,16 @@ impl Tracer {
     fn handle(&mut self, ev: &Event, sink: &mut dyn Sink) -> io::Result<()> {
         let applied = self.table.apply(ev);
         let owners = self.attributor.attribute(ev, &applied.socket);
-        let primary = owners
-            .first()
-            .filter(|o| o.source != OwnerSource::OnCpu)
-            .cloned();
         let mut socket = applied.socket;
-        if primary.is_some() {
-            socket.owner.clone_from(&primary);
+        // Remember a known owner (not a guess) for the socket's later
+        // transitions. It is mostly the one remembered already: skip the
+        // clone and the second lookup then (the table holds what `socket` does).
+        if let Some(primary) = owners.first().filter(|o| o.source != OwnerSource::OnCpu)
+            && socket.owner.as_ref() != Some(primary)
+        {
+            socket.owner = Some(primary.clone());
             if let Some(s) = self.table.get_mut(ev.skaddr) {
-                s.owner = primary;
+                s.owner.clone_from(&socket.owner);
             }
         }
         if !self.filters.transition_passes(ev) || !self.filters.owner_passes(&owners) {
