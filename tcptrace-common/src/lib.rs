@@ -405,19 +405,50 @@ pub const fn log2_bucket(v: u64) -> u8 {
     bucket
 }
 
+/// What one transition measured: the time spent in the old state and any
+/// handshake it completes (up to three values), and the handshake in
+/// progress afterwards with when it began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measured {
+    kinds: [u8; 3],
+    ns: [u64; 3],
+    len: usize,
+    pub handshake: u8,
+    pub handshake_ns: u64,
+}
+
+impl Measured {
+    /// `(kind, ns)`: a state's dwell time or a handshake's duration. A
+    /// constant-bound walk, which the BPF verifier follows (a slice's
+    /// end-pointer loop it does not).
+    pub fn values(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        (0..3)
+            .filter(|i| *i < self.len)
+            .map(|i| (self.kinds[i], self.ns[i]))
+    }
+
+    fn push(&mut self, kind: u8, ns: u64) {
+        if self.len < 3 {
+            self.kinds[self.len] = kind;
+            self.ns[self.len] = ns;
+            self.len += 1;
+        }
+    }
+}
+
 /// One transition's measurements, shared by the kernel and `--exact` so both
 /// measure the same thing. `prev` is what was known of the socket before it
-/// (`None` if nothing); `record(kind, ns)` receives the time spent in the old
-/// state and any handshake that this transition completes. Returns the
-/// handshake in progress afterwards and when it began.
+/// (`None` if nothing). Values, not a callback: in the kernel a callback is a
+/// BPF-to-BPF call per value.
 #[inline(always)]
-pub fn measure(
-    prev: Option<&SockTimes>,
-    old: u8,
-    new: u8,
-    now: u64,
-    mut record: impl FnMut(u8, u64),
-) -> (u8, u64) {
+pub fn measure(prev: Option<&SockTimes>, old: u8, new: u8, now: u64) -> Measured {
+    let mut m = Measured {
+        kinds: [0; 3],
+        ns: [0; 3],
+        len: 0,
+        handshake: HS_NONE,
+        handshake_ns: 0,
+    };
     // A listener's child is a new socket; so is anything leaving CLOSE. An
     // entry in another state means we missed a transition: its times are stale.
     let fresh = old == TCP_CLOSE || (old == TCP_LISTEN && new == TCP_SYN_RECV);
@@ -427,24 +458,24 @@ pub fn measure(
     };
     if let Some(p) = prev {
         let dwell = now.saturating_sub(p.entered_ns);
-        record(old, dwell);
+        m.push(old, dwell);
         let completes = matches!(
             (p.handshake, new),
             (HS_CONNECT | HS_ACCEPT, TCP_ESTABLISHED)
                 | (HS_ACTIVE_CLOSE | HS_PASSIVE_CLOSE, TCP_CLOSE)
         );
         if completes {
-            record(p.handshake, now.saturating_sub(p.handshake_ns));
+            m.push(p.handshake, now.saturating_sub(p.handshake_ns));
         }
         if p.handshake == HS_PASSIVE_CLOSE {
             if old == TCP_CLOSE_WAIT {
-                record(HS_PASSIVE_APP, dwell);
+                m.push(HS_PASSIVE_APP, dwell);
             } else if old == TCP_LAST_ACK {
-                record(HS_PASSIVE_LAST_ACK, dwell);
+                m.push(HS_PASSIVE_LAST_ACK, dwell);
             }
         }
     }
-    match new {
+    (m.handshake, m.handshake_ns) = match new {
         TCP_SYN_SENT => (HS_CONNECT, now),
         TCP_SYN_RECV => (HS_ACCEPT, now),
         TCP_FIN_WAIT1 => (HS_ACTIVE_CLOSE, now),
@@ -455,7 +486,8 @@ pub fn measure(
             None => (HS_NONE, 0),
         },
         _ => (HS_NONE, 0),
-    }
+    };
+    m
 }
 
 #[cfg(feature = "user")]

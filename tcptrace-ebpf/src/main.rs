@@ -191,7 +191,9 @@ fn load<T: Copy>(field: &T) -> T {
     unsafe { core::ptr::read_volatile(field) }
 }
 
-/// Writes the event straight into the ring buffer: no stack copy.
+/// Writes the event straight into the ring buffer: no stack copy. Inlined
+/// in both callers: a BPF-to-BPF call costs a return thunk here.
+#[inline(always)]
 fn emit(args: &InetSockSetStateArgs, pid_tgid: u64) {
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
         bump(DROPS_SLOT);
@@ -412,11 +414,13 @@ fn aggregate(ctx: &TracePointContext, args: &InetSockSetStateArgs, filter: &Filt
         // SAFETY: this CPU's slot; the kernel never nests runs on one CPU.
         unsafe { *n += 1 };
     }
-    let (handshake, handshake_ns) = measure(prev.as_ref(), old, new, now, |kind, ns| {
-        if owner.passes != 0 {
+    let measured = measure(prev.as_ref(), old, new, now);
+    if owner.passes != 0 {
+        for (kind, ns) in measured.values() {
             count(&mut key, kind, ns, grouped);
         }
-    });
+    }
+    let (handshake, handshake_ns) = (measured.handshake, measured.handshake_ns);
     // The writes below: `entry` is the array value found above. TCP
     // serialises a socket's transitions; another socket taking the entry
     // meanwhile (a full set, on another CPU) loses a measurement, no more.
@@ -596,6 +600,7 @@ fn group_key(args: &InetSockSetStateArgs, owner: u32, cfg: &AggregateConfig, now
 }
 
 /// One value into a histogram: its log2 bucket of microseconds, and the maximum.
+#[inline(always)]
 fn count(key: &mut HistKey, kind: u8, ns: u64, grouped: bool) {
     if !grouped {
         count_total(kind, key.epoch, ns);
@@ -610,6 +615,7 @@ fn count(key: &mut HistKey, kind: u8, ns: u64, grouped: bool) {
 
 /// Not grouping: this CPU's histogram of `kind` for interval `epoch`, reset
 /// when the interval is new to it.
+#[inline(always)]
 fn count_total(kind: u8, epoch: u32, ns: u64) {
     let Some(h) = total_index(kind, epoch).and_then(|i| TOTALS.get_ptr_mut(i)) else {
         return;

@@ -779,10 +779,11 @@ impl<W: Write> Sink for ExactSink<W> {
         };
         let (old, new) = (ev.oldstate as u8, ev.newstate as u8);
         let prev = self.sockets.get(&ev.skaddr).copied();
-        let summary = &mut self.summary;
-        let (handshake, handshake_ns) = measure(prev.as_ref(), old, new, ev.ts_ns, |kind, ns| {
-            summary.observe(kind, group.clone(), ns);
-        });
+        let measured = measure(prev.as_ref(), old, new, ev.ts_ns);
+        for (kind, ns) in measured.values() {
+            self.summary.observe(kind, group.clone(), ns);
+        }
+        let (handshake, handshake_ns) = (measured.handshake, measured.handshake_ns);
         if ev.newstate == TcpState::Close {
             self.sockets.remove(&ev.skaddr);
             return Ok(());
@@ -859,8 +860,9 @@ mod tests {
         let mut entry: Option<SockTimes> = None;
         let mut out = Vec::new();
         for &(old, new, now) in steps {
-            let (handshake, handshake_ns) =
-                measure(entry.as_ref(), old, new, now, |k, ns| out.push((k, ns)));
+            let m = measure(entry.as_ref(), old, new, now);
+            out.extend(m.values());
+            let (handshake, handshake_ns) = (m.handshake, m.handshake_ns);
             entry = (new != TCP_CLOSE).then_some(SockTimes {
                 skaddr: 1,
                 entered_ns: now,
@@ -972,23 +974,22 @@ mod tests {
             owner_passes: 1,
             _pad: 0,
         };
-        let mut n = 0;
-        measure(Some(&stale), TCP_FIN_WAIT2, TCP_CLOSE, MS, |_, _| n += 1);
-        assert_eq!(n, 0);
+        let n = |m: tcptrace_common::Measured| m.values().count();
+        assert_eq!(n(measure(Some(&stale), TCP_FIN_WAIT2, TCP_CLOSE, MS)), 0);
         // A reused address: leaving CLOSE or a listener's child is a new socket.
         let old_socket = SockTimes {
             state: TCP_CLOSE,
             ..stale
         };
-        measure(Some(&old_socket), TCP_CLOSE, TCP_SYN_SENT, MS, |_, _| {
-            n += 1
-        });
+        assert_eq!(
+            n(measure(Some(&old_socket), TCP_CLOSE, TCP_SYN_SENT, MS)),
+            0
+        );
         let listener = SockTimes {
             state: TCP_LISTEN,
             ..stale
         };
-        measure(Some(&listener), TCP_LISTEN, TCP_SYN_RECV, MS, |_, _| n += 1);
-        assert_eq!(n, 0);
+        assert_eq!(n(measure(Some(&listener), TCP_LISTEN, TCP_SYN_RECV, MS)), 0);
         // A clock that went backwards never underflows.
         let rec = life(&[(TCP_CLOSE, TCP_LISTEN, 10), (TCP_LISTEN, TCP_CLOSE, 5)]);
         assert_eq!(rec, vec![(TCP_LISTEN, 0)]);
