@@ -84,6 +84,9 @@ pub struct Summary {
     pub ratios: Vec<f64>,
     pub kernel_ns: Vec<f64>,
     pub cpu_us: Vec<f64>,
+    /// Each run: the tracer's kernel and process CPU time over the machine's
+    /// CPU time during the load (a steadier cost than the throughput ratio).
+    pub cpu_share: Vec<f64>,
     pub lost: Option<u64>,
     pub events: u64,
     pub rss_kib: Option<u64>,
@@ -162,6 +165,7 @@ pub fn summarize(bench: &Bench) -> Vec<Summary> {
                 ratios: Vec::new(),
                 kernel_ns: Vec::new(),
                 cpu_us: Vec::new(),
+                cpu_share: Vec::new(),
                 lost: None,
                 events: 0,
                 rss_kib: None,
@@ -181,6 +185,13 @@ pub fn summarize(bench: &Bench) -> Vec<Summary> {
                             s.events += k.events;
                         }
                         s.cpu_us.extend(m.cpu_us_per_event);
+                        if let Some(k) = &m.kernel {
+                            let ns = k.events as f64
+                                * (k.ns_per_event + m.cpu_us_per_event.unwrap_or(0.0) * 1e3);
+                            let machine =
+                                bench.secs as f64 * 1e9 * bench.machine.cpus.max(1) as f64;
+                            s.cpu_share.push(ns / machine);
+                        }
                         if let Some(l) = m.lost {
                             s.lost = Some(s.lost.unwrap_or(0) + l);
                         }
@@ -239,17 +250,17 @@ fn med_range(v: &[f64], unit: &str, digits: usize) -> String {
 /// The results table, as printed at the end of the run and in the report.
 pub fn results_table(summaries: &[Summary]) -> String {
     let mut t = String::new();
-    t.push_str("| Configuration | conns/s median (min–max) | vs untraced | kernel ns/event | tracer CPU µs/event | lost / events | peak RSS |\n");
-    t.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("| Configuration | conns/s median (min–max) | vs untraced | kernel ns/event | tracer CPU µs/event | machine CPU taken | lost / events | peak RSS |\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for s in summaries {
         if let Some(why) = &s.unavailable {
-            let _ = writeln!(t, "| {} | {why} | | | | | |", s.config.label());
+            let _ = writeln!(t, "| {} | {why} | | | | | | |", s.config.label());
             continue;
         }
         if s.conns.is_empty() {
             let _ = writeln!(
                 t,
-                "| {} | failed: {} | | | | | |",
+                "| {} | failed: {} | | | | | | |",
                 s.config.label(),
                 s.failures.first().map_or("no run", String::as_str)
             );
@@ -269,6 +280,7 @@ pub fn results_table(summaries: &[Summary]) -> String {
         };
         let kernel = median(&s.kernel_ns).map_or("—".to_owned(), thousands);
         let cpu = median(&s.cpu_us).map_or("—".to_owned(), |c| format!("{c:.2}"));
+        let share = median(&s.cpu_share).map_or("—".to_owned(), |c| format!("{:.1}%", c * 100.0));
         let lost = match (s.config, s.lost) {
             (Config::Baseline, _) => "—".to_owned(),
             (Config::Bpftrace, None) => format!("n/a (map) / {}", thousands(s.events as f64)),
@@ -278,7 +290,7 @@ pub fn results_table(summaries: &[Summary]) -> String {
         let rss = s.rss_kib.map_or("—".to_owned(), mib);
         let _ = writeln!(
             t,
-            "| {} | {conns} | {ratio} | {kernel} | {cpu} | {lost} | {rss} |",
+            "| {} | {conns} | {ratio} | {kernel} | {cpu} | {share} | {lost} | {rss} |",
             s.config.label()
         );
     }
@@ -383,7 +395,11 @@ pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
         out.push(match s.loss() {
             Some(loss) => Target {
                 what,
-                measured: format!("{:.1}% lost", loss * 100.0),
+                measured: format!(
+                    "{:.1}% lost; the tracer took {} of the machine's CPU",
+                    loss * 100.0,
+                    median(&s.cpu_share).map_or("?".to_owned(), |c| format!("{:.1}%", c * 100.0))
+                ),
                 met: Some(loss <= limit),
                 gap: if loss <= limit {
                     format!("{:.1} points to spare", (limit - loss) * 100.0)
@@ -698,7 +714,7 @@ pub fn render(bench: &Bench) -> String {
         "- Kernel ns/event: `kernel.bpf_stats_enabled=1` for the whole bench (it was {}; restored after); the deltas of `run_time_ns` and `run_cnt` (the counters `bpftool prog show` prints) of the BPF programs the tracer holds open — found through its fds' fdinfo, since tcptrace's and bpftrace's programs share the kernel name `inet_sock_set_s` — from attached to drained: all its programs' time over the runs of its busiest one (one run per state change). The stats themselves add about 20 ns per run, included.",
         bench.stats_was
     );
-    r.push_str("- Tracer CPU: utime+stime of the tracer (/proc/PID/stat) over the same window, over the same event count. Lost: tcptrace's exit summary (`N events, M lost, K evicted` on SIGINT), tcpstates' `lost N events` warnings; bpftrace counts in a map and cannot lose. events: state changes the program ran for. Peak RSS: VmHWM just before stopping.\n");
+    r.push_str("- Tracer CPU: utime+stime of the tracer (/proc/PID/stat) over the same window, over the same event count. Lost: tcptrace's exit summary (`N events, M lost, K evicted` on SIGINT), tcpstates' `lost N events` warnings; bpftrace counts in a map and cannot lose. events: state changes the program ran for. Peak RSS: VmHWM just before stopping. Machine CPU taken: the tracer's kernel time and process CPU time over the run, divided by the run's length times the CPUs (median over the rounds): what it costs the machine, steadier than the throughput ratio on a shared VM.\n");
     r.push_str("- Each tracer is started and proven attached (a test connection moves its program's run count) before its run, left to drain after it (until its CPU time stops moving), then stopped with SIGINT.\n");
     if !bench.prog_names.is_empty() {
         let names: Vec<String> = bench
