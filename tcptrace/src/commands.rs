@@ -36,19 +36,14 @@ fn family(filter: &FilterArgs) -> Option<u16> {
     Some(filter.family()).filter(|f| *f != 0)
 }
 
-/// Bit n for state n, as the kernel filter's `states` mask wants it.
-fn state_mask(states: &[TcpState]) -> u16 {
-    states.iter().fold(0, |m, s| m | 1 << (*s as u8))
-}
-
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut probe = probe_config(&args.filter, &args.tuning)?;
-    probe.filter.states = state_mask(&args.states);
+    probe.filter.states = TcpState::mask(&args.states);
     // An owner comes from the task in process context, else from the listener
     // or, for a socket seen first in softirq with a file (ESTABLISHED on the
     // connecting side, CLOSE_WAIT), from /proc by inode. Other transitions
     // need no inode: two kernel reads saved on most events.
-    probe.filter.inode_states = state_mask(&[TcpState::Established, TcpState::CloseWait]);
+    probe.filter.inode_states = TcpState::mask(&[TcpState::Established, TcpState::CloseWait]);
     let filters = Filters {
         pids: args.filter.pids.clone(),
         comm: args.filter.comm.clone(),
@@ -106,9 +101,9 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
     }
     let mut probe = probe_config(&args.filter, &args.tuning)?;
     // Entering and leaving CLOSE_WAIT, and LAST_ACK's end: all a leak's age needs.
-    probe.filter.states = state_mask(&[TcpState::CloseWait, TcpState::LastAck]);
+    probe.filter.states = TcpState::mask(&[TcpState::CloseWait, TcpState::LastAck]);
     // The holders of a leak are found by the inode it had entering CLOSE_WAIT.
-    probe.filter.inode_states = state_mask(&[TcpState::CloseWait]);
+    probe.filter.inode_states = TcpState::mask(&[TcpState::CloseWait]);
     // The view reads the socket table and rescans /proc on each refresh, so
     // transitions need neither filtering nor owner lookups here.
     let mut tracer = Tracer::attach(
@@ -151,14 +146,14 @@ pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
         config: AggregateConfig {
             has_comm,
             comm,
-            stream_states: u32::from(state_mask(&[TcpState::CloseWait, TcpState::LastAck])),
+            stream_states: u32::from(TcpState::mask(&[TcpState::CloseWait, TcpState::LastAck])),
             ..AggregateConfig::NONE
         },
         max_sockets: u32::try_from(args.tuning.max_sockets).unwrap_or(u32::MAX),
     });
     if !by_owner {
         // Without an owner filter, inodes serve only to name those holders.
-        probe.filter.inode_states = state_mask(&[TcpState::CloseWait]);
+        probe.filter.inode_states = TcpState::mask(&[TcpState::CloseWait]);
     }
     let filters = Filters {
         pids: args.filter.pids.clone(),

@@ -160,8 +160,12 @@ impl Attributor {
         self.guess_names
             .entry(ev.tgid)
             .or_insert_with(|| {
-                std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
-                    .map_or_else(|_| "?".to_owned(), |c| c.trim_end().to_owned())
+                // Only the kernel's newline goes, as holders' process_info
+                // does: a comm may end in spaces of its own.
+                std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid)).map_or_else(
+                    |_| "?".to_owned(),
+                    |c| c.strip_suffix('\n').unwrap_or(&c).to_owned(),
+                )
             })
             .clone()
     }

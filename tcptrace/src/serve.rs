@@ -357,9 +357,7 @@ impl ServeSink {
         {
             return;
         }
-        let states = SOCKET_STATES
-            .iter()
-            .fold(0u32, |m, s| m | sockdiag::state_bit(*s as u8));
+        let states = u32::from(TcpState::mask(&SOCKET_STATES));
         let started = Instant::now();
         match sockdiag::dump_tcp(states, self.opts.scope.family) {
             Ok(dump) => {

@@ -20,6 +20,12 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    /// Bit n for state n: the kernel filter's state masks, and (widened)
+    /// sock_diag's `states`.
+    pub fn mask(states: &[Self]) -> u16 {
+        states.iter().fold(0, |m, s| m | 1 << (*s as u8))
+    }
+
     pub const ALL: [Self; 12] = [
         Self::Established,
         Self::SynSent,
