@@ -61,6 +61,14 @@ pub enum Command {
     /// Export Prometheus metrics over HTTP: transitions, state durations, CLOSE_WAIT holders.
     #[command(after_help = SERVE_NOTES)]
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `tcptrace man > tcptrace.1`.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -208,6 +208,34 @@ pub async fn hist(args: crate::cli::HistArgs) -> anyhow::Result<ExitCode> {
     crate::hist::run(args, stream).await
 }
 
+/// `tcptrace completions SHELL`: the script clap derives from the CLI.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut crate::cli::Cli::command(), "tcptrace", &mut out);
+    write_stdout(&out)
+}
+
+/// `tcptrace man`: the man page, in roff, for packages to install as tcptrace.1.
+pub fn man() -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(crate::cli::Cli::command())
+        .render(&mut out)
+        .context("rendering the man page")?;
+    write_stdout(&out)
+}
+
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .or_else(ignore_closed_pipe)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn ignore_closed_pipe(e: std::io::Error) -> anyhow::Result<()> {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         Ok(())

@@ -39,6 +39,8 @@ fn main() -> ExitCode {
             Command::Leaks(args) => commands::leaks(args).await,
             Command::Hist(args) => commands::hist(args).await,
             Command::Serve(args) => commands::serve(args).await,
+            Command::Completions { shell } => commands::completions(shell),
+            Command::Man => commands::man(),
         }
     });
     match result {
