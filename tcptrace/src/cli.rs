@@ -9,9 +9,9 @@ use tcptrace_common::{
 };
 
 use crate::{
-    hist::{GroupBy, Handshake, parse_group_by, parse_handshake, parse_interval},
-    socket_table::DEFAULT_MAX_SOCKETS,
-    state::TcpState,
+    model::socket_table::DEFAULT_MAX_SOCKETS,
+    model::state::TcpState,
+    views::hist::{GroupBy, Handshake, parse_group_by, parse_handshake, parse_interval},
 };
 
 const EXAMPLES: &str = "\

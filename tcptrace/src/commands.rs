@@ -7,15 +7,15 @@ use tcptrace_common::AggregateConfig;
 
 use crate::{
     cli::{FilterArgs, LeaksArgs, TuningArgs, WatchArgs},
-    clock::{Clock, monotonic_ns},
-    holders::HolderIndex,
-    leaks::{self, Collector, LeakFilter, LeaksSink, Report, Trend},
-    loader::{AggregateProbe, ProbeConfig},
-    owner::Attributor,
-    sockdiag,
-    state::TcpState,
-    trace::{DEFAULT_TICK, Filters, Tracer},
-    watch::WatchSink,
+    host::holders::HolderIndex,
+    host::sockdiag,
+    kernel::loader::{AggregateProbe, ProbeConfig},
+    model::clock::{Clock, monotonic_ns},
+    model::owner::Attributor,
+    model::state::TcpState,
+    pipeline::tracer::{DEFAULT_TICK, Filters, Tracer},
+    views::leaks::{self, Collector, LeakFilter, LeaksSink, Report, Trend},
+    views::watch::WatchSink,
 };
 
 /// Batch wake-ups: the reader also polls every tick, so a quiet socket's
@@ -134,14 +134,14 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
 /// `tcptrace serve`: the port is bound before the kernel program loads, so a
 /// port in use fails at once; then metrics are served until a signal.
 pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
-    use crate::serve::{Scope, ServeOptions, ServeSink, bind, spawn_http};
+    use crate::views::serve::{Scope, ServeOptions, ServeSink, bind, spawn_http};
     let listener = bind(args.listen)?;
     let mut probe = probe_config(&args.filter, &args.tuning)?;
     let by_owner = !args.filter.pids.is_empty() || args.filter.comm.is_some();
     // Every transition is counted and timed in the kernel, as `hist` does;
     // only CLOSE_WAIT's comings and goings reach userspace, for the holders
     // of the leaks sock_diag cannot list (other network namespaces).
-    let (has_comm, comm) = crate::hist::kernel_comm(args.filter.comm.as_deref());
+    let (has_comm, comm) = crate::views::hist::kernel_comm(args.filter.comm.as_deref());
     probe.aggregate = Some(AggregateProbe {
         config: AggregateConfig {
             has_comm,
@@ -171,7 +171,7 @@ pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
         .context("the kernel program has no aggregate maps")?;
     if by_owner {
         // Sockets listeners create in softirq inherit their owner.
-        crate::hist::seed_listeners(&mut maps.listen_owners, &args.filter, &comm)?;
+        crate::views::hist::seed_listeners(&mut maps.listen_owners, &args.filter, &comm)?;
     }
     let lports = args.filter.lports.clone().map(|p| p.0).unwrap_or_default();
     let rports = args.filter.rports.clone().map(|p| p.0).unwrap_or_default();
@@ -205,7 +205,7 @@ pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
 /// (the probe `watch` uses) with `--exact`.
 pub async fn hist(args: crate::cli::HistArgs) -> anyhow::Result<ExitCode> {
     let stream = probe_config(&args.filter, &args.tuning)?;
-    crate::hist::run(args, stream).await
+    crate::views::hist::run(args, stream).await
 }
 
 /// `tcptrace completions SHELL`: the script clap derives from the CLI.

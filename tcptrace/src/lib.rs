@@ -1,22 +1,14 @@
 //! tcptrace: TCP state transitions from the kernel, with the process that owns
-//! each socket. One module per job; `main.rs` only wires them to the CLI.
+//! each socket. The layers, from the kernel up (ARCHITECTURE.md draws them):
+//! `kernel` loads the program and reads what it sends, `host` reads the
+//! facts of the machine (/proc, sock_diag, cgroups), `model` is the
+//! vocabulary they feed, `pipeline` runs the trace into a sink, and `views`
+//! are the subcommands' sinks and reports. `main.rs` wires them to the CLI.
 
-pub mod btf;
-pub mod cgroup;
 pub mod cli;
-pub mod clock;
 pub mod commands;
-pub mod decode;
-pub mod hist;
-pub mod holders;
-pub mod leaks;
-pub mod loader;
-pub mod log2;
-pub mod metrics;
-pub mod owner;
-pub mod serve;
-pub mod sockdiag;
-pub mod socket_table;
-pub mod state;
-pub mod trace;
-pub mod watch;
+pub mod host;
+pub mod kernel;
+pub mod model;
+pub mod pipeline;
+pub mod views;

@@ -3,7 +3,11 @@
 //! error, never panic; valid records must round-trip.
 
 use proptest::prelude::*;
-use tcptrace::{btf::Btf, cli, decode, sockdiag};
+use tcptrace::{
+    cli,
+    host::sockdiag,
+    kernel::{btf::Btf, decode},
+};
 use tcptrace_common::STATE_EVENT_SIZE;
 
 proptest! {

@@ -3,7 +3,7 @@
 
 use std::mem::offset_of;
 
-use tcptrace::state::TcpState;
+use tcptrace::model::state::TcpState;
 use tcptrace_common::InetSockSetStateArgs;
 
 fn format_file() -> String {
@@ -81,7 +81,8 @@ fn state_numbers_and_names_match_the_kernel() {
 
 #[test]
 fn btf_offsets_are_found_on_this_kernel() {
-    let off = tcptrace::btf::socket_inode_offsets().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+    let off = tcptrace::kernel::btf::socket_inode_offsets()
+        .expect("kernel BTF at /sys/kernel/btf/vmlinux");
     for v in [
         off.sock_sk_socket,
         off.socket_alloc_vfs_inode,

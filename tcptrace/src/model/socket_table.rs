@@ -5,9 +5,9 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
-    decode::{Event, Family},
-    owner::Owner,
-    state::TcpState,
+    kernel::decode::{Event, Family},
+    model::owner::Owner,
+    model::state::TcpState,
 };
 
 /// The 4-tuple that identifies a connected socket across tools.
@@ -203,7 +203,7 @@ mod tests {
 
     use super::*;
 
-    use crate::decode::test_event as ev;
+    use crate::kernel::decode::test_event as ev;
 
     use TcpState::*;
 

@@ -2,7 +2,7 @@
 //! transition (aggregate mode, as `hist`), and streams only CLOSE_WAIT's
 //! comings and goings; [`ServeSink`] copies the kernel's figures, sock_diag's
 //! sockets per state and the CLOSE_WAIT holders into the metrics (see
-//! [`crate::metrics`]) on ticks, and an HTTP/1.1 server answers `/metrics`,
+//! [`crate::views::metrics`]) on ticks, and an HTTP/1.1 server answers `/metrics`,
 //! `/healthz` and `/`.
 //!
 //! The server has a thread of its own: in a connection storm the tracer's
@@ -37,15 +37,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tcptrace_common::transition_index;
 
 use crate::{
-    clock::{Clock, monotonic_ns},
-    hist::total_entry,
-    leaks::{Collector, LeakFilter, LeakSocket, ProcessLeaks, group},
-    loader::AggregateMaps,
-    metrics::{self, Exposition, Handshake, KernelHist, KernelSnapshot, Metrics, SOCKET_STATES},
-    sockdiag,
-    socket_table::{Socket, SocketTable},
-    state::TcpState,
-    trace::{Context, Sink, Transition},
+    host::sockdiag,
+    kernel::loader::AggregateMaps,
+    model::clock::{Clock, monotonic_ns},
+    model::socket_table::{Socket, SocketTable},
+    model::state::TcpState,
+    pipeline::tracer::{Context, Sink, Transition},
+    views::hist::total_entry,
+    views::leaks::{Collector, LeakFilter, LeakSocket, ProcessLeaks, group},
+    views::metrics::{
+        self, Exposition, Handshake, KernelHist, KernelSnapshot, Metrics, SOCKET_STATES,
+    },
 };
 
 /// How often the kernel's figures and the socket gauges are refreshed.
@@ -496,7 +498,7 @@ mod tests {
     use http_body_util::BodyExt as _;
 
     use super::*;
-    use crate::{decode::Family, socket_table::Tuple};
+    use crate::{kernel::decode::Family, model::socket_table::Tuple};
 
     fn body(r: Response<Full<Bytes>>) -> (StatusCode, String, String) {
         let status = r.status();

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::Buf as _;
 use tcptrace_common::{AF_INET, AF_INET6, STATE_EVENT_SIZE, StateEvent, TASK_COMM_LEN};
 
-use crate::state::TcpState;
+use crate::model::state::TcpState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {

@@ -82,7 +82,7 @@ impl Probe {
         let offsets = if cfg.inodes {
             // Without BTF, owners still come from process context, listeners
             // and sock_diag; only the /proc lookup by inode is lost.
-            crate::btf::socket_inode_offsets().unwrap_or_else(|e| {
+            crate::kernel::btf::socket_inode_offsets().unwrap_or_else(|e| {
                 eprintln!(
                     "tcptrace: warning: {e:#}; socket owners seen in softirq may be unknown (a kernel with CONFIG_DEBUG_INFO_BTF fixes this)"
                 );

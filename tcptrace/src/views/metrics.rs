@@ -23,7 +23,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{leaks::ProcessLeaks, log2::BUCKETS as LOG2_BUCKETS, state::TcpState, trace::Stats};
+use crate::{
+    model::log2::BUCKETS as LOG2_BUCKETS, model::state::TcpState, pipeline::tracer::Stats,
+    views::leaks::ProcessLeaks,
+};
 
 /// Histogram buckets: `le` = 4^k µs for k = 1..=16, 4 µs to ~72 min
 /// (loopback handshakes take tens of µs, leaks last minutes), plus +Inf.
@@ -484,9 +487,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        holders::Holder,
-        leaks::{LeakSocket, group},
-        socket_table::Tuple,
+        host::holders::Holder,
+        model::socket_table::Tuple,
+        views::leaks::{LeakSocket, group},
     };
 
     use TcpState::*;

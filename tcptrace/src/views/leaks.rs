@@ -17,14 +17,14 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    cgroup::{cgroup_path_of_pid, container_id},
-    clock::{Clock, monotonic_ns},
-    decode::endpoint,
-    holders::{Holder, HolderIndex, process_info},
-    sockdiag::{self, DiagSocket},
-    socket_table::{Socket, SocketTable, Tuple},
-    state::TcpState,
-    trace::{Context, Sink, Transition},
+    host::cgroup::{cgroup_path_of_pid, container_id},
+    host::holders::{Holder, HolderIndex, process_info},
+    host::sockdiag::{self, DiagSocket},
+    kernel::decode::endpoint,
+    model::clock::{Clock, monotonic_ns},
+    model::socket_table::{Socket, SocketTable, Tuple},
+    model::state::TcpState,
+    pipeline::tracer::{Context, Sink, Transition},
 };
 
 pub const HINT: &str = "hint: CLOSE_WAIT = the peer closed and the local process has not called close(); \

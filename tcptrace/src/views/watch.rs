@@ -10,9 +10,9 @@ use std::{
 };
 
 use crate::{
-    clock::{Clock, SecondText},
-    owner::OwnerSource,
-    trace::{Sink, Transition},
+    model::clock::{Clock, SecondText},
+    model::owner::OwnerSource,
+    pipeline::tracer::{Sink, Transition},
 };
 
 pub struct WatchSink<W: Write> {
@@ -275,10 +275,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::{Event, endpoint, test_event},
-        owner::Owner,
-        socket_table::{Socket, Tuple},
-        state::TcpState,
+        kernel::decode::{Event, endpoint, test_event},
+        model::owner::Owner,
+        model::socket_table::{Socket, Tuple},
+        model::state::TcpState,
     };
 
     /// The formatting this module replaced (serde derive and `format!`):
@@ -430,7 +430,7 @@ mod tests {
             state: TcpState::Established,
             since_ns: 0,
             since_estimated: false,
-            family: crate::decode::Family::V4,
+            family: crate::kernel::decode::Family::V4,
             tuple: Tuple {
                 laddr: Ipv4Addr::LOCALHOST.into(),
                 lport: 1,
@@ -463,7 +463,10 @@ mod tests {
         for (json, wall_clock) in [(true, false), (false, false), (false, true)] {
             let mut sink = WatchSink::new(Vec::new(), json, wall_clock);
             let mut want = String::new();
-            for (k, ev) in events(crate::clock::monotonic_ns()).iter().enumerate() {
+            for (k, ev) in events(crate::model::clock::monotonic_ns())
+                .iter()
+                .enumerate()
+            {
                 let t = Transition {
                     ev,
                     dwell_ns: dwells[k % dwells.len()],

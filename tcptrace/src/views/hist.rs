@@ -43,14 +43,14 @@ use tokio::{
 
 use crate::{
     cli::{FilterArgs, HistArgs},
-    clock::{Clock, monotonic_ns},
-    holders::HolderIndex,
-    loader::{AggregateMaps, AggregateProbe, Probe, ProbeConfig},
-    log2::{BUCKETS, Log2Hist},
-    owner::Attributor,
-    sockdiag,
-    state::TcpState,
-    trace::{Context, DEFAULT_TICK, Filters, Sink, Tracer, Transition},
+    host::holders::HolderIndex,
+    host::sockdiag,
+    kernel::loader::{AggregateMaps, AggregateProbe, Probe, ProbeConfig},
+    model::clock::{Clock, monotonic_ns},
+    model::log2::{BUCKETS, Log2Hist},
+    model::owner::Attributor,
+    model::state::TcpState,
+    pipeline::tracer::{Context, DEFAULT_TICK, Filters, Sink, Tracer, Transition},
 };
 
 /// How long after an interval ends we read it: a program that took its
@@ -714,7 +714,7 @@ async fn exact(
     let family = Some(args.filter.family()).filter(|f| *f != 0);
     tracer.seed_existing(
         family,
-        crate::sockdiag::state_bit(crate::sockdiag::TCP_LISTEN),
+        crate::host::sockdiag::state_bit(crate::host::sockdiag::TCP_LISTEN),
     )?;
     let mut sink = ExactSink {
         out,

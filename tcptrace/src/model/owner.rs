@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::{
-    decode::Event,
-    holders::{Holder, HolderIndex},
-    socket_table::Socket,
-    state::TcpState,
+    host::holders::{Holder, HolderIndex},
+    kernel::decode::Event,
+    model::socket_table::Socket,
+    model::state::TcpState,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

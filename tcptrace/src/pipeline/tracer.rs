@@ -12,13 +12,13 @@ use tokio::{
 };
 
 use crate::{
-    clock::Clock,
-    decode::{self, Event, Family},
-    loader::{Probe, ProbeConfig},
-    owner::{Attributor, Owner, OwnerSource},
-    sockdiag,
-    socket_table::{Socket, SocketTable, Tuple},
-    state::TcpState,
+    host::sockdiag,
+    kernel::decode::{self, Event, Family},
+    kernel::loader::{Probe, ProbeConfig},
+    model::clock::Clock,
+    model::owner::{Attributor, Owner, OwnerSource},
+    model::socket_table::{Socket, SocketTable, Tuple},
+    model::state::TcpState,
 };
 
 /// One transition as consumers see it.
@@ -151,7 +151,7 @@ impl Tracer {
     pub fn seed_existing(&mut self, family: Option<u16>, states: u32) -> anyhow::Result<usize> {
         let dump =
             sockdiag::dump_tcp(states, family).context("sock_diag dump of existing sockets")?;
-        let now = crate::clock::monotonic_ns();
+        let now = crate::model::clock::monotonic_ns();
         if let Some(index) = self.attributor.holders_mut() {
             index.full_scan();
         }
@@ -210,7 +210,7 @@ impl Tracer {
     }
 
     /// The aggregate mode's maps, for a sink that reads them itself.
-    pub fn take_aggregate(&mut self) -> Option<crate::loader::AggregateMaps> {
+    pub fn take_aggregate(&mut self) -> Option<crate::kernel::loader::AggregateMaps> {
         self.probe.aggregate.take()
     }
 

@@ -1,0 +1,7 @@
+//! Kernel access: load and attach the embedded program with the running
+//! kernel's facts (BTF offsets, tracepoint layouts), read what it sends
+//! (ring-buffer records) and what it counts (maps).
+
+pub mod btf;
+pub mod decode;
+pub mod loader;
