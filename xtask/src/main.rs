@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod cmd;
+mod package;
 mod setup;
 mod test;
 
@@ -54,6 +55,18 @@ enum Task {
     },
     /// Benchmark tracing overhead under a connection storm and write BENCHMARKS.md; needs root
     Bench(bench::BenchArgs),
+    /// Set up, build, then pack target/debian/tcptrace_<version>_<arch>.deb (binary, unit, man page, completions)
+    Deb {
+        /// Then check it: dpkg-deb -I/-c, lintian, systemd-analyze verify, a real dpkg -i and -r here
+        #[arg(long)]
+        check: bool,
+    },
+    /// Set up, build, then build the image localhost/tcptrace:<version> with buildah, and its OCI archive
+    Image {
+        /// Then check it: inspect, its files, and tcptrace run in it with the DaemonSet's capabilities
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +78,8 @@ fn main() -> ExitCode {
         Task::Run { debug, args, .. } => build::run(!debug, &args),
         Task::Test { args } => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
+        Task::Deb { check } => package::deb::deb(check),
+        Task::Image { check } => package::image::image(check),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

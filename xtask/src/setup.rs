@@ -44,6 +44,16 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     // JSON in scripts and tests.
     "jq",
+    // Packages (`cargo xtask deb`, `image`, and their checks in `test`):
+    // dpkg-shlibdeps (dpkg-dev), lintian, systemd-analyze (systemd: it runs
+    // without systemd as PID 1), man -l (man-db); buildah builds the image
+    // and runs it with runc (buildah only recommends a runtime).
+    "dpkg-dev",
+    "lintian",
+    "systemd",
+    "man-db",
+    "buildah",
+    "runc",
 ];
 
 /// The rustup toolchain that tcptrace/build.rs builds the kernel program with.

@@ -21,7 +21,8 @@ pub fn test(cargo_test_args: &[OsString]) -> Result<()> {
         ),
         ("tests", &["test"], cargo_test_args),
     ];
-    let count = steps.len();
+    // One more step after these: the .deb and the image, built and checked.
+    let count = steps.len() + 1;
     for (i, (title, args, extra)) in steps.into_iter().enumerate() {
         println!("==> xtask test [{}/{count}]: {title}", i + 1);
         cmd::run(
@@ -32,5 +33,7 @@ pub fn test(cargo_test_args: &[OsString]) -> Result<()> {
                 .args(extra),
         )?;
     }
+    eprintln!("==> xtask test [{count}/{count}]: packages (.deb and image, built and checked)");
+    crate::package::test()?;
     Ok(())
 }
