@@ -1,10 +1,20 @@
 //! The contract between the kernel program and the loader: every type that
-//! crosses the ring buffer, a map or a read-only global lives here, once.
+//! crosses the ring buffer, a map or the read-only global `CONFIG` lives here,
+//! once, and so does the one TCP state numbering both sides use.
 //!
 //! Layouts are `#[repr(C)]`, have no implicit padding and no `bool`, and their
 //! sizes are asserted at compile time so a field added on one side cannot
 //! silently shift the other.
 #![no_std]
+
+mod measure;
+mod state;
+
+pub use measure::{
+    HS_ACCEPT, HS_ACTIVE_CLOSE, HS_CONNECT, HS_NONE, HS_PASSIVE_APP, HS_PASSIVE_CLOSE,
+    HS_PASSIVE_LAST_ACK, LOG2_BUCKETS, Measured, log2_bucket, measure, starts_lifecycle,
+};
+pub use state::{ParseStateError, TcpState};
 
 /// Length of a task's `comm`, NUL padded (the kernel's `TASK_COMM_LEN`).
 pub const TASK_COMM_LEN: usize = 16;
@@ -14,6 +24,46 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 /// The tracepoint also fires for SCTP and MPTCP; only TCP is traced.
 pub const IPPROTO_TCP: u16 = 6;
+
+/// How the kernel program knows who owns a socket ([`StateEvent::owner_source`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnerSource {
+    /// Nobody known to hold it: the task on the CPU is never taken instead.
+    Unknown = 0,
+    /// A process that holds the socket: seen making one of its system calls
+    /// on it (connect, accept, listen, close, shutdown), or holding its file
+    /// descriptor in `/proc` when tracing started.
+    Holder = 1,
+    /// Not accepted yet, so held by no process: the owner of the listening
+    /// socket it was created from.
+    Listener = 2,
+}
+
+impl OwnerSource {
+    /// `holder`, `listener` or `unknown`, as the views print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Holder => "holder",
+            Self::Listener => "listener",
+        }
+    }
+
+    pub const fn from_kernel(n: u8) -> Self {
+        match n & OWNER_SOURCE_MASK {
+            1 => Self::Holder,
+            2 => Self::Listener,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// [`SockEntry::owner_source`] bits holding the [`OwnerSource`].
+pub const OWNER_SOURCE_MASK: u8 = 0x7f;
+/// [`SockEntry::owner_source`] bit: the socket's inode was looked up in
+/// `INODE_OWNERS` already (in vain), so it is not read again on each event.
+pub const OWNER_INODE_CHECKED: u8 = 0x80;
 
 /// One TCP state transition, as written into the ring buffer.
 ///
@@ -26,33 +76,40 @@ pub struct StateEvent {
     pub ts_ns: u64,
     /// Kernel address of the `struct sock`; identifies the socket until CLOSE.
     pub skaddr: u64,
-    /// cgroup v2 id of the task on the CPU.
-    pub cgroup_id: u64,
-    /// `sk->sk_socket->file->f_inode->i_ino`, 0 while no file is attached
-    /// (e.g. a server socket not accepted yet) or when offsets are unknown.
+    /// The socket's inode number (its `socket:[N]` in `/proc/PID/fd`), for
+    /// transitions into the states of [`Filter::inode_states`]; 0 otherwise,
+    /// while no file is attached (a server socket not accepted yet) or when
+    /// the kernel's BTF is missing.
     pub inode: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    /// The task on the CPU. In softirq this is whoever was interrupted.
-    pub tgid: u32,
-    pub tid: u32,
+    /// The owning process (tgid), 0 when [`StateEvent::owner_source`] is
+    /// [`OwnerSource::Unknown`] or owners are not tracked.
+    pub owner: u32,
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
     pub oldstate: u8,
     pub newstate: u8,
+    /// An [`OwnerSource`].
+    pub owner_source: u8,
+    pub _pad: [u8; 3],
+    /// The owner's process name (its thread-group leader's `comm`) when this
+    /// transition was made by the owner itself, in process context; all zero
+    /// otherwise (userspace remembers names).
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-pub const STATE_EVENT_SIZE: usize = 96;
+pub const STATE_EVENT_SIZE: usize = 88;
 const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);
 
 /// Maximum number of values each in-kernel filter list can hold.
 pub const MAX_FILTER_PIDS: usize = 8;
 pub const MAX_FILTER_PORTS: usize = 16;
 
-/// In-kernel filters, set once before load as the read-only global `FILTER`.
-/// A count of zero means "no filter on this field".
+/// What passes, applied in the kernel. A count of zero means "no filter on
+/// this field". Pid and command name select the socket's *owner*, not the
+/// task on the CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
@@ -64,16 +121,21 @@ pub struct Filter {
     pub n_rports: u16,
     /// 0 for any, else [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
-    /// Stream mode: only transitions out of or into these states (bit n =
-    /// state n); 0 for all. Applied after the owner bookkeeping of `-p`.
+    /// Stream mode: only transitions out of or into these states
+    /// ([`TcpState::mask`]); 0 for all.
     pub states: u16,
     /// Stream mode: find the socket's inode only for transitions into these
-    /// states (bit n = state n); 0 for all. Two kernel reads per event that
-    /// views needing it only for CLOSE_WAIT (leaks, serve) need not pay.
+    /// states; 0 for none. Two kernel reads per event that views needing it
+    /// only for CLOSE_WAIT (leaks, serve) need not pay.
     pub inode_states: u16,
+    /// Non-zero to keep only owners whose process name is [`Filter::comm`].
+    pub has_comm: u16,
+    pub _pad: u16,
+    /// A process name, NUL padded, as the kernel's `comm`.
+    pub comm: [u8; TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Filter>() == 108);
+const _: () = assert!(core::mem::size_of::<Filter>() == 128);
 
 impl Filter {
     pub const NONE: Self = Self {
@@ -86,15 +148,24 @@ impl Filter {
         family: 0,
         states: 0,
         inode_states: 0,
+        has_comm: 0,
+        _pad: 0,
+        comm: [0; TASK_COMM_LEN],
     };
+
+    /// Whether pid or command name select owners (which needs owners tracked).
+    pub const fn by_owner(&self) -> bool {
+        self.n_pids != 0 || self.has_comm != 0
+    }
 }
 
-/// Byte offsets of the fields followed from a `struct sock` to its socket
-/// inode number, read from the running kernel's BTF by the loader. An offset
-/// of [`Offsets::UNKNOWN`] disables the walk (the event then carries inode 0).
+/// Where things are in the running kernel: byte offsets of the struct
+/// members the program follows, read from `/sys/kernel/btf/vmlinux` at
+/// start (they move between versions and configurations). A member at
+/// [`KernelLayout::UNKNOWN`] disables what needs it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Offsets {
+pub struct KernelLayout {
     /// `struct sock.sk_socket`
     pub sock_sk_socket: u32,
     /// `struct socket_alloc.vfs_inode`: a socket and its inode are allocated
@@ -102,33 +173,58 @@ pub struct Offsets {
     pub socket_alloc_vfs_inode: u32,
     /// `struct inode.i_ino`
     pub inode_i_ino: u32,
-    pub _pad: u32,
+    /// `struct sock.__sk_common.skc_net` (a `possible_net_t`, whose only
+    /// member is the `struct net *`).
+    pub sock_net: u32,
+    /// `struct net.ns.inum`: the network namespace's inode number.
+    pub net_inum: u32,
+    /// `struct sock.__sk_common.skc_family`
+    pub sock_family: u32,
+    /// `struct task_struct.group_leader`
+    pub task_group_leader: u32,
+    /// `struct task_struct.comm`
+    pub task_comm: u32,
+    /// `struct task_struct.files`
+    pub task_files: u32,
+    /// `struct files_struct.fdt`
+    pub files_fdt: u32,
+    /// `struct fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `struct fdtable.max_fds`
+    pub fdtable_max_fds: u32,
+    /// `struct file.private_data` (a socket file's `struct socket`)
+    pub file_private_data: u32,
+    /// `struct socket.sk`
+    pub socket_sk: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 56);
 
-impl Offsets {
+impl KernelLayout {
     pub const UNKNOWN: u32 = u32::MAX;
     pub const NONE: Self = Self {
         sock_sk_socket: Self::UNKNOWN,
         socket_alloc_vfs_inode: Self::UNKNOWN,
         inode_i_ino: Self::UNKNOWN,
-        _pad: 0,
+        sock_net: Self::UNKNOWN,
+        net_inum: Self::UNKNOWN,
+        sock_family: Self::UNKNOWN,
+        task_group_leader: Self::UNKNOWN,
+        task_comm: Self::UNKNOWN,
+        task_files: Self::UNKNOWN,
+        files_fdt: Self::UNKNOWN,
+        fdtable_fd: Self::UNKNOWN,
+        fdtable_max_fds: Self::UNKNOWN,
+        file_private_data: Self::UNKNOWN,
+        socket_sk: Self::UNKNOWN,
     };
 }
 
-/// Whether the transition into `newstate` is one only a system call on the
-/// socket makes (connect, listen, close, shutdown), so the task on the CPU
-/// is the socket's user. The others run in softirq, where the task on the
-/// CPU is whoever was interrupted (`swapper`, `ksoftirqd`, on loopback the peer).
-pub const fn in_process_context(newstate: u8) -> bool {
-    // SYN_SENT, FIN_WAIT1, LAST_ACK, LISTEN (include/net/tcp_states.h).
-    matches!(newstate, 2 | 4 | 9 | 10)
-}
-
-/// The record of `sock:inet_sock_set_state`, laid out as
-/// `/sys/kernel/tracing/events/sock/inet_sock_set_state/format` describes it
-/// (stable since 4.16; a userspace test checks it against the running kernel).
+/// The record of `sock:inet_sock_set_state` as the kernel program reads it,
+/// at these offsets. `/sys/kernel/tracing/events/sock/inet_sock_set_state/format`
+/// gives the running kernel's layout; the loader checks it against this one
+/// and refuses to load on a mismatch (the protocol field was a `__u8` before
+/// Linux 5.6, which shifts what follows; the BPF ring buffer needs 5.8).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InetSockSetStateArgs {
@@ -148,11 +244,74 @@ pub struct InetSockSetStateArgs {
 
 const _: () = assert!(core::mem::size_of::<InetSockSetStateArgs>() == 72);
 
+/// The fields of [`InetSockSetStateArgs`] as the `format` file names them:
+/// (name, offset, size).
+pub const INET_SOCK_SET_STATE_FIELDS: [(&str, usize, usize); 11] = [
+    (
+        "skaddr",
+        core::mem::offset_of!(InetSockSetStateArgs, skaddr),
+        8,
+    ),
+    (
+        "oldstate",
+        core::mem::offset_of!(InetSockSetStateArgs, oldstate),
+        4,
+    ),
+    (
+        "newstate",
+        core::mem::offset_of!(InetSockSetStateArgs, newstate),
+        4,
+    ),
+    (
+        "sport",
+        core::mem::offset_of!(InetSockSetStateArgs, sport),
+        2,
+    ),
+    (
+        "dport",
+        core::mem::offset_of!(InetSockSetStateArgs, dport),
+        2,
+    ),
+    (
+        "family",
+        core::mem::offset_of!(InetSockSetStateArgs, family),
+        2,
+    ),
+    (
+        "protocol",
+        core::mem::offset_of!(InetSockSetStateArgs, protocol),
+        2,
+    ),
+    (
+        "saddr",
+        core::mem::offset_of!(InetSockSetStateArgs, saddr),
+        4,
+    ),
+    (
+        "daddr",
+        core::mem::offset_of!(InetSockSetStateArgs, daddr),
+        4,
+    ),
+    (
+        "saddr_v6",
+        core::mem::offset_of!(InetSockSetStateArgs, saddr_v6),
+        16,
+    ),
+    (
+        "daddr_v6",
+        core::mem::offset_of!(InetSockSetStateArgs, daddr_v6),
+        16,
+    ),
+];
+
+/// Offset of `ret` (a `long`) in the records of `syscalls:sys_exit_*`.
+pub const SYS_EXIT_RET_OFFSET: usize = 16;
+
 /// Index of the per-CPU `DROPS` slot counting records the ring buffer had no room for.
 pub const DROPS_SLOT: u32 = 0;
 /// Index of the per-CPU `DROPS` slot counting histogram updates `HIST` had no room for.
 pub const HIST_FULL_SLOT: u32 = 1;
-/// Index of the per-CPU `DROPS` slot counting sockets whose timestamps were
+/// Index of the per-CPU `DROPS` slot counting sockets whose entry was
 /// evicted from `SOCKETS` to make room for another.
 pub const EVICTED_SLOT: u32 = 2;
 /// Number of slots in `DROPS`.
@@ -161,22 +320,33 @@ pub const DROPS_SLOTS: u32 = 3;
 /// Default ring-buffer size in bytes (a power of two, multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
 
-/// What the kernel program does with a transition: the read-only global `MODE`.
+/// What the kernel program does with a transition ([`Config::mode`]).
 /// Streaming copies every transition into the ring buffer (watch, leaks).
 pub const MODE_STREAM: u32 = 0;
-/// Aggregating measures dwell times in the kernel and counts them in `HIST`;
-/// nothing reaches userspace per event (hist).
+/// Aggregating measures dwell times in the kernel and counts them in
+/// `TOTALS` or `HIST`; nothing reaches userspace per event (hist, serve).
 pub const MODE_AGGREGATE: u32 = 1;
+
+/// [`Config::owners`]: keep each socket's owner in `SOCKETS`, learnt from
+/// the system calls its holders make.
+pub const OWNERS_TRACK: u32 = 1;
+/// [`Config::owners`]: `INODE_OWNERS` holds the sockets' holders found in
+/// `/proc` at start: a socket seen first in softirq is looked up by inode.
+pub const OWNERS_BY_INODE: u32 = 2;
+
+/// The `INODE_OWNERS` key userspace writes once every holder found at start
+/// is in (no socket has inode 0): until then a miss is not final.
+pub const INODE_OWNERS_SEEDED: u64 = 0;
 
 /// How aggregate mode splits its histograms ([`HistKey::group`]).
 pub const GROUP_NONE: u32 = 0;
-/// By the socket's owning process (tgid).
+/// By the socket's owning process (tgid; 0 when unknown).
 pub const GROUP_PROCESS: u32 = 1;
 pub const GROUP_LPORT: u32 = 2;
 pub const GROUP_RPORT: u32 = 3;
 pub const GROUP_RADDR: u32 = 4;
 
-/// Aggregate-mode settings, set once before load as the read-only global `AGGREGATE`.
+/// Aggregate-mode settings ([`Config::aggregate`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AggregateConfig {
@@ -186,54 +356,56 @@ pub struct AggregateConfig {
     pub interval_ns: u64,
     /// One of the `GROUP_*` values.
     pub group_by: u32,
-    /// Non-zero to filter on the owner's command name, [`AggregateConfig::comm`].
-    pub has_comm: u32,
-    /// Number of sets in `SOCKETS` (a power of two; the loader sizes it).
-    pub socket_sets: u32,
-    /// Also stream the transitions into or out of these states (bit n =
-    /// state n) to the ring buffer, as stream mode would: `serve` aggregates
-    /// everything in the kernel and tracks only CLOSE_WAIT's sockets itself.
+    /// Also stream the transitions into or out of these states
+    /// ([`TcpState::mask`]) to the ring buffer, as stream mode would: `serve`
+    /// aggregates everything in the kernel and tracks only CLOSE_WAIT's
+    /// sockets itself.
     pub stream_states: u32,
-    /// The owner's command name, NUL padded, as the kernel's `comm`.
-    pub comm: [u8; TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<AggregateConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<AggregateConfig>() == 24);
 
 impl AggregateConfig {
     pub const NONE: Self = Self {
         start_ns: 0,
         interval_ns: u64::MAX,
         group_by: GROUP_NONE,
-        has_comm: 0,
-        socket_sets: 1,
         stream_states: 0,
-        comm: [0; TASK_COMM_LEN],
     };
 }
 
-/// Histogram kinds ([`HistKey::kind`]) other than a TCP state number: the
-/// handshakes, each measured from its first state to its last.
-/// SYN_SENT -> ESTABLISHED (the client's connect).
-pub const HS_CONNECT: u8 = 32;
-/// SYN_RECV -> ESTABLISHED (the server's side of the connect).
-pub const HS_ACCEPT: u8 = 33;
-/// FIN_WAIT1 -> CLOSE, through FIN_WAIT2 or CLOSING (TIME_WAIT shows as CLOSE).
-pub const HS_ACTIVE_CLOSE: u8 = 34;
-/// CLOSE_WAIT -> CLOSE, through LAST_ACK.
-pub const HS_PASSIVE_CLOSE: u8 = 35;
-/// The CLOSE_WAIT part of a passive close: waiting for the application to close.
-pub const HS_PASSIVE_APP: u8 = 36;
-/// The LAST_ACK part of a passive close: waiting for the peer's last ACK.
-pub const HS_PASSIVE_LAST_ACK: u8 = 37;
-/// No handshake in progress ([`SockTimes::handshake`]).
-pub const HS_NONE: u8 = 0;
+/// Everything the loader sets before load: the read-only global `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub filter: Filter,
+    pub aggregate: AggregateConfig,
+    pub layout: KernelLayout,
+    /// Wake the reader only once this many bytes are pending (0: every record).
+    pub wakeup_bytes: u64,
+    /// [`MODE_STREAM`] or [`MODE_AGGREGATE`].
+    pub mode: u32,
+    /// `OWNERS_*` flags.
+    pub owners: u32,
+    /// Number of sets in `SOCKETS` (a power of two; the loader sizes it).
+    pub socket_sets: u32,
+    pub _pad: u32,
+}
 
-/// Number of log2 buckets: bucket `i` holds values in `[2^i, 2^(i+1) - 1]`,
-/// except bucket 0, which holds 0 and 1.
-pub const LOG2_BUCKETS: u8 = 64;
-/// [`HistKey::slot`] of the largest value, in nanoseconds (a per-CPU maximum).
-pub const SLOT_MAX: u8 = 64;
+const _: () = assert!(core::mem::size_of::<Config>() == 232);
+
+impl Config {
+    pub const NONE: Self = Self {
+        filter: Filter::NONE,
+        aggregate: AggregateConfig::NONE,
+        layout: KernelLayout::NONE,
+        wakeup_bytes: 0,
+        mode: MODE_STREAM,
+        owners: 0,
+        socket_sets: 1,
+        _pad: 0,
+    };
+}
 
 /// One counter of the per-CPU `HIST` map: a bucket (or the maximum) of one
 /// histogram, of one group, of one interval.
@@ -260,6 +432,9 @@ pub struct HistKey {
 }
 
 const _: () = assert!(core::mem::size_of::<HistKey>() == 24);
+
+/// [`HistKey::slot`] of the largest value, in nanoseconds (a per-CPU maximum).
+pub const SLOT_MAX: u8 = 64;
 
 /// Capacity of `HIST`, in keys (counters), preallocated: each costs about
 /// 80 bytes plus 8 per CPU. A group with every state in use needs some 60
@@ -317,30 +492,34 @@ pub const fn total_kind(index: u32) -> u8 {
     if k < 12 { k + 1 } else { k - 12 + HS_CONNECT }
 }
 
-/// Per-socket timestamps kept in aggregate mode (the kernel's `SOCKETS` map),
-/// and by userspace when it aggregates the stream itself.
+/// A socket's entry in the kernel's `SOCKETS` table: its owner (when owners
+/// are tracked) and, in aggregate mode, when it entered its state and the
+/// handshake in progress. Userspace keeps the same record for `--exact`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockTimes {
+pub struct SockEntry {
     /// The socket this entry is for; 0 for a free entry.
     pub skaddr: u64,
-    /// When the socket entered `state`.
+    /// When it entered `state` (aggregate mode), or when the entry was
+    /// written (stream mode): a full set evicts the oldest.
     pub entered_ns: u64,
     /// When the handshake in progress began (0 when none).
     pub handshake_ns: u64,
-    /// The owner's tgid, when owners are tracked.
+    /// The owner's tgid (0 when unknown).
     pub owner: u32,
+    /// The state it entered last (0 when not known, e.g. learnt at accept).
     pub state: u8,
     /// `HS_NONE` or the `HS_*` handshake in progress.
     pub handshake: u8,
-    /// Non-zero when the owner passes the pid and comm filters.
+    /// An [`OwnerSource`], plus [`OWNER_INODE_CHECKED`].
+    pub owner_source: u8,
+    /// Non-zero when the owner passes the pid and command-name filters.
     pub owner_passes: u8,
-    pub _pad: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<SockTimes>() == 32);
+const _: () = assert!(core::mem::size_of::<SockEntry>() == 32);
 
-impl SockTimes {
+impl SockEntry {
     pub const FREE: Self = Self {
         skaddr: 0,
         entered_ns: 0,
@@ -348,8 +527,8 @@ impl SockTimes {
         owner: 0,
         state: 0,
         handshake: HS_NONE,
+        owner_source: 0,
         owner_passes: 0,
-        _pad: 0,
     };
 }
 
@@ -365,140 +544,50 @@ pub const fn socket_set(skaddr: u64, sets: u32) -> u32 {
     ((skaddr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32) & sets.wrapping_sub(1)
 }
 
-/// A listener's owner, so sockets it creates in softirq inherit it.
+/// An owner the kernel is told about or remembers: the value of
+/// `LISTEN_OWNERS` (listeners' owners) and `INODE_OWNERS` (holders found in
+/// `/proc` at start).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListenerOwner {
+pub struct KnownOwner {
     pub tgid: u32,
+    /// Non-zero when it passes the pid and command-name filters.
     pub passes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ListenerOwner>() == 8);
+const _: () = assert!(core::mem::size_of::<KnownOwner>() == 8);
 
-// TCP states, as numbered by the kernel (include/net/tcp_states.h).
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_SYN_SENT: u8 = 2;
-pub const TCP_SYN_RECV: u8 = 3;
-pub const TCP_FIN_WAIT1: u8 = 4;
-pub const TCP_FIN_WAIT2: u8 = 5;
-pub const TCP_CLOSE: u8 = 7;
-pub const TCP_CLOSE_WAIT: u8 = 8;
-pub const TCP_LAST_ACK: u8 = 9;
-pub const TCP_LISTEN: u8 = 10;
-pub const TCP_CLOSING: u8 = 11;
-
-/// The log2 bucket of `v`: `floor(log2(v))`, with 0 and 1 sharing bucket 0
-/// (bcc's first row, "0 -> 1"). Shifts and compares only, so the BPF target
-/// needs no count-leading-zeros instruction.
-#[inline(always)]
-pub const fn log2_bucket(v: u64) -> u8 {
-    let mut v = v;
-    let mut bucket = 0;
-    let mut shift = 32;
-    while shift > 0 {
-        if v >> shift != 0 {
-            v >>= shift;
-            bucket += shift;
-        }
-        shift /= 2;
-    }
-    bucket
+/// The key of `LISTEN_OWNERS`: a listening port within one network namespace
+/// (every pod may listen on 8080).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// The namespace's inode number (`/proc/PID/ns/net`); 0 when unknown.
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
-/// What one transition measured: the time spent in the old state and any
-/// handshake it completes (up to three values), and the handshake in
-/// progress afterwards with when it began.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Measured {
-    kinds: [u8; 3],
-    ns: [u64; 3],
-    len: usize,
-    pub handshake: u8,
-    pub handshake_ns: u64,
-}
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
 
-impl Measured {
-    /// `(kind, ns)`: a state's dwell time or a handshake's duration. A
-    /// constant-bound walk, which the BPF verifier follows (a slice's
-    /// end-pointer loop it does not).
-    pub fn values(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
-        (0..3)
-            .filter(|i| *i < self.len)
-            .map(|i| (self.kinds[i], self.ns[i]))
-    }
-
-    fn push(&mut self, kind: u8, ns: u64) {
-        if self.len < 3 {
-            self.kinds[self.len] = kind;
-            self.ns[self.len] = ns;
-            self.len += 1;
+impl ListenKey {
+    pub const fn new(netns: u32, port: u16) -> Self {
+        Self {
+            netns,
+            port,
+            _pad: 0,
         }
     }
-}
-
-/// One transition's measurements, shared by the kernel and `--exact` so both
-/// measure the same thing. `prev` is what was known of the socket before it
-/// (`None` if nothing). Values, not a callback: in the kernel a callback is a
-/// BPF-to-BPF call per value.
-#[inline(always)]
-pub fn measure(prev: Option<&SockTimes>, old: u8, new: u8, now: u64) -> Measured {
-    let mut m = Measured {
-        kinds: [0; 3],
-        ns: [0; 3],
-        len: 0,
-        handshake: HS_NONE,
-        handshake_ns: 0,
-    };
-    // A listener's child is a new socket; so is anything leaving CLOSE. An
-    // entry in another state means we missed a transition: its times are stale.
-    let fresh = old == TCP_CLOSE || (old == TCP_LISTEN && new == TCP_SYN_RECV);
-    let prev = match prev {
-        Some(p) if !fresh && p.state == old => Some(p),
-        _ => None,
-    };
-    if let Some(p) = prev {
-        let dwell = now.saturating_sub(p.entered_ns);
-        m.push(old, dwell);
-        let completes = matches!(
-            (p.handshake, new),
-            (HS_CONNECT | HS_ACCEPT, TCP_ESTABLISHED)
-                | (HS_ACTIVE_CLOSE | HS_PASSIVE_CLOSE, TCP_CLOSE)
-        );
-        if completes {
-            m.push(p.handshake, now.saturating_sub(p.handshake_ns));
-        }
-        if p.handshake == HS_PASSIVE_CLOSE {
-            if old == TCP_CLOSE_WAIT {
-                m.push(HS_PASSIVE_APP, dwell);
-            } else if old == TCP_LAST_ACK {
-                m.push(HS_PASSIVE_LAST_ACK, dwell);
-            }
-        }
-    }
-    (m.handshake, m.handshake_ns) = match new {
-        TCP_SYN_SENT => (HS_CONNECT, now),
-        TCP_SYN_RECV => (HS_ACCEPT, now),
-        TCP_FIN_WAIT1 => (HS_ACTIVE_CLOSE, now),
-        TCP_CLOSE_WAIT => (HS_PASSIVE_CLOSE, now),
-        // The middle of a handshake: it goes on if we saw it begin.
-        TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK => match prev {
-            Some(p) => (p.handshake, p.handshake_ns),
-            None => (HS_NONE, 0),
-        },
-        _ => (HS_NONE, 0),
-    };
-    m
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding (asserted above).
     unsafe impl aya::Pod for super::StateEvent {}
-    unsafe impl aya::Pod for super::Filter {}
-    unsafe impl aya::Pod for super::Offsets {}
-    unsafe impl aya::Pod for super::AggregateConfig {}
+    unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::HistKey {}
     unsafe impl aya::Pod for super::TotalHist {}
-    unsafe impl aya::Pod for super::SockTimes {}
-    unsafe impl aya::Pod for super::ListenerOwner {}
+    unsafe impl aya::Pod for super::SockEntry {}
+    unsafe impl aya::Pod for super::KnownOwner {}
+    unsafe impl aya::Pod for super::ListenKey {}
 }

@@ -1,97 +1,134 @@
-//! Each subcommand: turn its arguments into a probe configuration and a sink.
+//! Each subcommand: its probe configuration, its sink, one run of the
+//! pipeline, and its exit status.
 
-use std::{io::BufWriter, process::ExitCode};
+use std::{io::BufWriter, path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use tcptrace_common::AggregateConfig;
+use tcptrace_common::{
+    AggregateConfig, Config, Filter, GROUP_NONE, MODE_AGGREGATE, MODE_STREAM, OWNERS_BY_INODE,
+    OWNERS_TRACK, TcpState,
+};
 
 use crate::{
-    cli::{FilterArgs, LeaksArgs, TuningArgs, WatchArgs},
-    host::holders::HolderIndex,
-    host::sockdiag,
-    kernel::loader::{AggregateProbe, ProbeConfig},
-    model::clock::{Clock, monotonic_ns},
-    model::owner::Attributor,
-    model::state::TcpState,
-    pipeline::tracer::{DEFAULT_TICK, Filters, Tracer},
-    views::leaks::{self, Collector, LeakFilter, LeaksSink, Report, Trend},
-    views::watch::WatchSink,
+    cli::{HistArgs, LeaksArgs, ServeArgs, TuningArgs, WatchArgs},
+    host::clock::{Clock, monotonic_ns},
+    kernel::loader::ProbeConfig,
+    model::selection::Selection,
+    pipeline::{
+        sink::{Sink, Stats},
+        tracer::{Tracer, is_closed_pipe},
+    },
+    views::{
+        hist::{self, ExactSink, GroupBy, KernelSink, Schedule, Shown},
+        leaks::{self, Collector, LeaksSink, Report, Trend},
+        serve::{ServeOptions, ServeSink, http, metrics::Metrics},
+        watch::WatchSink,
+    },
 };
 
 /// Batch wake-ups: the reader also polls every tick, so a quiet socket's
 /// transition shows within a tick; a storm wakes us once per this many bytes.
 const WAKEUP_BYTES: u64 = 64 * 1024;
 
-fn probe_config(filter: &FilterArgs, tuning: &TuningArgs) -> anyhow::Result<ProbeConfig> {
-    Ok(ProbeConfig {
-        filter: filter.kernel_filter()?,
+/// Owners kept per socket in the kernel, seeded from /proc at start.
+const OWNERS: u32 = OWNERS_TRACK | OWNERS_BY_INODE;
+
+/// Where the run's statistics go, if asked (`--stats-json`).
+pub struct Run<'a> {
+    pub stats_json: Option<&'a Path>,
+}
+
+impl Run<'_> {
+    /// Attaches, runs the pipeline into `sink`, reports, writes the statistics.
+    async fn trace(
+        &self,
+        probe: ProbeConfig,
+        selection: &Selection,
+        tuning: &TuningArgs,
+        sink: &mut dyn Sink,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<Stats> {
+        let tracer = Tracer::attach(&probe, selection, tuning.max_sockets)?;
+        let stats = tracer.run(sink, duration).await?;
+        eprintln!("{}", stats.summary());
+        self.write_stats(&stats)?;
+        Ok(stats)
+    }
+
+    fn write_stats(&self, stats: &Stats) -> anyhow::Result<()> {
+        let Some(path) = self.stats_json else {
+            return Ok(());
+        };
+        let text = serde_json::to_string(stats).context("encoding the statistics")?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("writing the statistics to {}", path.display()))
+    }
+}
+
+fn probe(config: Config, tuning: &TuningArgs) -> ProbeConfig {
+    ProbeConfig {
+        config: Config {
+            wakeup_bytes: WAKEUP_BYTES.min(u64::from(tuning.ring_size) / 4),
+            ..config
+        },
         ring_bytes: tuning.ring_size,
-        wakeup_bytes: WAKEUP_BYTES.min(u64::from(tuning.ring_size) / 4),
-        inodes: true,
-        aggregate: None,
-    })
+        max_sockets: u32::try_from(tuning.max_sockets).unwrap_or(u32::MAX),
+    }
 }
 
-fn family(filter: &FilterArgs) -> Option<u16> {
-    Some(filter.family()).filter(|f| *f != 0)
+/// The kernel's filter for a view that applies the owner filters itself.
+fn sockets_only(selection: &Selection) -> anyhow::Result<Filter> {
+    Selection {
+        pids: Vec::new(),
+        comm: None,
+        ..selection.clone()
+    }
+    .kernel_filter()
 }
 
-pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let mut probe = probe_config(&args.filter, &args.tuning)?;
-    probe.filter.states = TcpState::mask(&args.states);
-    // An owner comes from the task in process context, else from the listener
-    // or, for a socket seen first in softirq with a file (ESTABLISHED on the
-    // connecting side, CLOSE_WAIT), from /proc by inode. Other transitions
-    // need no inode: two kernel reads saved on most events.
-    probe.filter.inode_states = TcpState::mask(&[TcpState::Established, TcpState::CloseWait]);
-    let filters = Filters {
-        pids: args.filter.pids.clone(),
-        comm: args.filter.comm.clone(),
-        states: args.states.clone(),
+pub async fn watch(args: WatchArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
+    let selection = args.filter.selection(&args.states);
+    let config = Config {
+        filter: selection.kernel_filter()?,
+        mode: MODE_STREAM,
+        owners: OWNERS,
+        ..Config::NONE
     };
-    let mut tracer = Tracer::attach(
-        &probe,
-        filters,
-        args.tuning.max_sockets,
-        Attributor::new(Some(HolderIndex::new())),
-    )?;
-    // Listeners, for the owner of sockets accepted before we saw them; the
-    // rest would only cost memory: their dwell times are unknown anyway.
-    tracer.seed_existing(
-        family(&args.filter),
-        sockdiag::state_bit(sockdiag::TCP_LISTEN),
-    )?;
     let stdout = std::io::stdout().lock();
     let mut sink = WatchSink::new(
         BufWriter::with_capacity(64 * 1024, stdout),
         args.json,
         args.timestamp,
     );
-    let stats = tracer.run(&mut sink, args.duration, DEFAULT_TICK).await?;
-    eprintln!("{}", stats.summary());
+    run.trace(
+        probe(config, &args.tuning),
+        &selection,
+        &args.tuning,
+        &mut sink,
+        args.duration,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
-    let filter = LeakFilter {
-        pids: args.filter.pids.clone(),
-        comm: args.filter.comm.clone(),
-        lports: args.filter.lports.clone().map(|p| p.0).unwrap_or_default(),
-        rports: args.filter.rports.clone().map(|p| p.0).unwrap_or_default(),
-        family: family(&args.filter),
-    };
+pub async fn leaks(args: LeaksArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
+    let selection = args.filter.selection(&[]);
     let report = Report {
         json: args.json,
         min_age: args.min_age,
     };
+    let mut collector = Collector::new(selection.clone())?;
     let mut stdout = std::io::stdout().lock();
     if args.once || args.check {
         // Existing sockets only: no kernel program needed.
-        let rows = leaks::snapshot(filter)?;
+        let rows = leaks::snapshot(&mut collector)?;
         let time = Clock::new().rfc3339(monotonic_ns());
-        report
-            .write(&mut stdout, &rows, &time, None)
-            .or_else(ignore_closed_pipe)?;
+        if let Err(e) = report.write(&mut stdout, &rows, &time, None) {
+            let e = anyhow::Error::from(e);
+            if !is_closed_pipe(&e) {
+                return Err(e.context("writing output"));
+            }
+        }
         let found = leaks::leak_found(&rows, args.min_age, args.min_count);
         return Ok(if args.check && found {
             ExitCode::from(3)
@@ -99,113 +136,145 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         });
     }
-    let mut probe = probe_config(&args.filter, &args.tuning)?;
+    let mut filter = sockets_only(&selection)?;
     // Entering and leaving CLOSE_WAIT, and LAST_ACK's end: all a leak's age needs.
-    probe.filter.states = TcpState::mask(&[TcpState::CloseWait, TcpState::LastAck]);
-    // The holders of a leak are found by the inode it had entering CLOSE_WAIT.
-    probe.filter.inode_states = TcpState::mask(&[TcpState::CloseWait]);
-    // The view reads the socket table and rescans /proc on each refresh, so
-    // transitions need neither filtering nor owner lookups here.
-    let mut tracer = Tracer::attach(
-        &probe,
-        Filters::default(),
-        args.tuning.max_sockets,
-        Attributor::new(None),
-    )?;
-    tracer.seed_existing(
-        family(&args.filter),
-        sockdiag::state_bit(sockdiag::TCP_CLOSE_WAIT),
-    )?;
+    filter.states = TcpState::mask(&[TcpState::CloseWait, TcpState::LastAck]);
+    // A leak traced into CLOSE_WAIT is known by the inode it had then.
+    filter.inode_states = TcpState::CloseWait.bit();
+    // The view rescans /proc on each refresh: the kernel need not track owners.
+    let config = Config {
+        filter,
+        mode: MODE_STREAM,
+        ..Config::NONE
+    };
     let clear_screen = std::io::IsTerminal::is_terminal(&stdout) && !args.json;
     let mut sink = LeaksSink {
         out: stdout,
-        collector: Collector::new(filter),
+        collector,
         report,
         trend: Trend::default(),
         interval: args.interval,
         last: None,
         clear_screen,
     };
-    let stats = tracer.run(&mut sink, args.duration, DEFAULT_TICK).await?;
-    eprintln!("{}", stats.summary());
+    run.trace(
+        probe(config, &args.tuning),
+        &selection,
+        &args.tuning,
+        &mut sink,
+        args.duration,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `tcptrace serve`: the port is bound before the kernel program loads, so a
 /// port in use fails at once; then metrics are served until a signal.
-pub async fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<ExitCode> {
-    use crate::views::serve::{Scope, ServeOptions, ServeSink, bind, spawn_http};
-    let listener = bind(args.listen)?;
-    let mut probe = probe_config(&args.filter, &args.tuning)?;
-    let by_owner = !args.filter.pids.is_empty() || args.filter.comm.is_some();
+pub async fn serve(args: ServeArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
+    let listener = http::bind(args.listen)?;
+    let selection = args.filter.selection(&[]);
+    let mut filter = selection.kernel_filter()?;
+    // A leak traced into CLOSE_WAIT is known by the inode it had then.
+    filter.inode_states = TcpState::CloseWait.bit();
     // Every transition is counted and timed in the kernel, as `hist` does;
-    // only CLOSE_WAIT's comings and goings reach userspace, for the holders
-    // of the leaks sock_diag cannot list (other network namespaces).
-    let (has_comm, comm) = crate::views::hist::kernel_comm(args.filter.comm.as_deref());
-    probe.aggregate = Some(AggregateProbe {
-        config: AggregateConfig {
-            has_comm,
-            comm,
+    // only CLOSE_WAIT's comings and goings reach userspace, for exact ages.
+    let config = Config {
+        filter,
+        mode: MODE_AGGREGATE,
+        owners: if selection.by_owner() { OWNERS } else { 0 },
+        aggregate: AggregateConfig {
             stream_states: u32::from(TcpState::mask(&[TcpState::CloseWait, TcpState::LastAck])),
             ..AggregateConfig::NONE
         },
-        max_sockets: u32::try_from(args.tuning.max_sockets).unwrap_or(u32::MAX),
-    });
-    if !by_owner {
-        // Without an owner filter, inodes serve only to name those holders.
-        probe.filter.inode_states = TcpState::mask(&[TcpState::CloseWait]);
-    }
-    let filters = Filters {
-        pids: args.filter.pids.clone(),
-        comm: args.filter.comm.clone(),
-        states: Vec::new(),
+        ..Config::NONE
     };
-    let mut tracer = Tracer::attach(
-        &probe,
-        filters,
-        args.tuning.max_sockets,
-        Attributor::new(by_owner.then(HolderIndex::new)),
-    )?;
-    let mut maps = tracer
-        .take_aggregate()
-        .context("the kernel program has no aggregate maps")?;
-    if by_owner {
-        // Sockets listeners create in softirq inherit their owner.
-        crate::views::hist::seed_listeners(&mut maps.listen_owners, &args.filter, &comm)?;
-    }
-    let lports = args.filter.lports.clone().map(|p| p.0).unwrap_or_default();
-    let rports = args.filter.rports.clone().map(|p| p.0).unwrap_or_default();
-    let (mut sink, exposition) = ServeSink::new(
+    let (metrics, exposition) = Metrics::new();
+    let mut sink = ServeSink::new(
         ServeOptions {
             top: args.top,
             interval: args.interval,
-            leak_filter: LeakFilter {
-                pids: args.filter.pids.clone(),
-                comm: args.filter.comm.clone(),
-                lports: lports.clone(),
-                rports: rports.clone(),
-                family: family(&args.filter),
-            },
-            scope: Scope {
-                lports,
-                rports,
-                family: family(&args.filter),
-            },
+            selection: selection.clone(),
         },
-        maps,
-    );
-    let addr = spawn_http(listener, exposition)?;
+        metrics,
+    )?;
+    let addr = http::spawn_http(listener, exposition)?;
     eprintln!("tcptrace: serving metrics on http://{addr}/metrics");
-    let stats = tracer.run(&mut sink, None, DEFAULT_TICK).await?;
-    eprintln!("{}", stats.summary());
+    run.trace(
+        probe(config, &args.tuning),
+        &selection,
+        &args.tuning,
+        &mut sink,
+        None,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `tcptrace hist`: histograms aggregated in the kernel, or from the stream
-/// (the probe `watch` uses) with `--exact`.
-pub async fn hist(args: crate::cli::HistArgs) -> anyhow::Result<ExitCode> {
-    let stream = probe_config(&args.filter, &args.tuning)?;
-    crate::views::hist::run(args, stream).await
+/// (as `watch` streams it) with `--exact`.
+pub async fn hist(args: HistArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
+    let selection = args.filter.selection(&[]);
+    let report = hist::Report {
+        json: args.json,
+        shown: Shown {
+            states: args.states.clone(),
+            handshakes: args.handshakes.clone(),
+        },
+        timestamps: args.interval.is_some(),
+    };
+    let schedule = Schedule {
+        interval: args.interval,
+        count: args.count,
+    };
+    let owners = if args.by == Some(GroupBy::Process) || selection.by_owner() {
+        OWNERS
+    } else {
+        0
+    };
+    let out = BufWriter::new(std::io::stdout().lock());
+    if args.exact {
+        let config = Config {
+            filter: selection.kernel_filter()?,
+            mode: MODE_STREAM,
+            owners,
+            ..Config::NONE
+        };
+        let mut sink = ExactSink::new(out, report, args.by, schedule, args.tuning.max_sockets);
+        run.trace(
+            probe(config, &args.tuning),
+            &selection,
+            &args.tuning,
+            &mut sink,
+            None,
+        )
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let start = tokio::time::Instant::now();
+    let config = Config {
+        filter: selection.kernel_filter()?,
+        mode: MODE_AGGREGATE,
+        owners,
+        aggregate: AggregateConfig {
+            start_ns: monotonic_ns(),
+            interval_ns: args.interval.map_or(u64::MAX, |d| {
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+            }),
+            group_by: args.by.map_or(GROUP_NONE, GroupBy::kernel),
+            stream_states: 0,
+        },
+        ..Config::NONE
+    };
+    let mut sink = KernelSink::new(out, report, args.by, schedule, start);
+    run.trace(
+        probe(config, &args.tuning),
+        &selection,
+        &args.tuning,
+        &mut sink,
+        None,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tcptrace completions SHELL`: the script clap derives from the CLI.
@@ -229,17 +298,8 @@ pub fn man() -> anyhow::Result<ExitCode> {
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(bytes)
-        .and_then(|()| stdout.flush())
-        .or_else(ignore_closed_pipe)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn ignore_closed_pipe(e: std::io::Error) -> anyhow::Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(e.into())
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing output"),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }

@@ -33,12 +33,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let run = commands::Run {
+        stats_json: cli.stats_json.as_deref(),
+    };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Watch(args) => commands::watch(args).await,
-            Command::Leaks(args) => commands::leaks(args).await,
-            Command::Hist(args) => commands::hist(args).await,
-            Command::Serve(args) => commands::serve(args).await,
+            Command::Watch(args) => commands::watch(args, &run).await,
+            Command::Leaks(args) => commands::leaks(args, &run).await,
+            Command::Hist(args) => commands::hist(args, &run).await,
+            Command::Serve(args) => commands::serve(args, &run).await,
             Command::Completions { shell } => commands::completions(shell),
             Command::Man => commands::man(),
         }

@@ -29,6 +29,8 @@ use std::{
 pub struct Holder {
     pub pid: u32,
     pub fd: u32,
+    /// Its network namespace's inode, when readable.
+    pub netns: Option<u64>,
     pub comm: String,
     /// Field 22 of /proc/PID/stat: clock ticks since boot.
     pub start_time: u64,
@@ -45,11 +47,15 @@ pub struct ProcessInfo {
 }
 
 const DEFAULT_MIN_FULL_RESCAN: Duration = Duration::from_secs(1);
+/// Processes remembered per network namespace, to read it through one
+/// that is still alive.
+const PIDS_PER_NAMESPACE: usize = 4;
 
 /// What one process holds, as of its last scan.
 struct ProcEntry {
     comm: String,
     start_time: u64,
+    netns: Option<u64>,
     /// Thread whose fd dir was read, when the leader's own is unusable (see
     /// [`visit_fd_table`]); validation must look in the same place.
     via_tid: Option<u32>,
@@ -64,6 +70,8 @@ pub struct HolderIndex {
     /// `(pid, fd)` lists kept sorted, the order callers get.
     by_inode: HashMap<u64, Vec<(u32, u32)>>,
     procs: HashMap<u32, ProcEntry>,
+    /// Network namespace inode -> some of its processes, as of the last full scan.
+    namespaces: HashMap<u64, Vec<u32>>,
     min_full_rescan: Duration,
     last_full_scan: Option<Instant>,
     /// Pids rescanned since the last full scan: a hint already rescanned
@@ -83,7 +91,8 @@ impl Default for HolderIndex {
 
 enum Scan {
     Gone,
-    NoSockets,
+    /// Alive without sockets, in this network namespace.
+    NoSockets(Option<u64>),
     Found(ProcEntry),
 }
 
@@ -98,6 +107,7 @@ impl HolderIndex {
             root_fd: None,
             by_inode: HashMap::new(),
             procs: HashMap::new(),
+            namespaces: HashMap::new(),
             min_full_rescan: DEFAULT_MIN_FULL_RESCAN,
             last_full_scan: None,
             recent_pid_scans: HashMap::new(),
@@ -113,6 +123,20 @@ impl HolderIndex {
     }
 
     /// (full scans done, pid rescans done).
+    /// Every network namespace a process was in at the last full scan.
+    pub fn namespaces(&self) -> Vec<crate::host::netns::Namespace> {
+        let mut v: Vec<_> = self
+            .namespaces
+            .iter()
+            .map(|(inode, pids)| crate::host::netns::Namespace {
+                inode: *inode,
+                pids: pids.clone(),
+            })
+            .collect();
+        v.sort_by_key(|n| n.inode);
+        v
+    }
+
     pub fn stats(&self) -> (u64, u64) {
         (self.full_scans, self.pid_rescans)
     }
@@ -147,6 +171,7 @@ impl HolderIndex {
         let mut by_inode: HashMap<u64, Vec<(u32, u32)>> =
             HashMap::with_capacity(self.by_inode.len());
         let mut procs = HashMap::with_capacity(self.procs.len());
+        let mut namespaces = HashMap::with_capacity(self.namespaces.len());
         let mut seen = 0;
         loop {
             let name = match root.next_name() {
@@ -166,6 +191,16 @@ impl HolderIndex {
                 continue;
             };
             let scan = scan_process(root_fd, name, &mut self.stat_buf, &mut self.sockets_buf);
+            let netns = match &scan {
+                Scan::Gone => None,
+                Scan::NoSockets(netns) => *netns,
+                Scan::Found(entry) => entry.netns,
+            };
+            if let Some(pids) = netns.map(|n| namespaces.entry(n).or_insert_with(Vec::new))
+                && pids.len() < PIDS_PER_NAMESPACE
+            {
+                pids.push(pid);
+            }
             if let Scan::Found(entry) = scan {
                 for &(fd, inode) in &entry.sockets {
                     by_inode.entry(inode).or_default().push((pid, fd));
@@ -179,6 +214,7 @@ impl HolderIndex {
         }
         self.by_inode = by_inode;
         self.procs = procs;
+        self.namespaces = namespaces;
         seen
     }
 
@@ -202,7 +238,7 @@ impl HolderIndex {
         };
         match scan_process(root_fd, &name, &mut self.stat_buf, &mut self.sockets_buf) {
             Scan::Gone => false,
-            Scan::NoSockets => true,
+            Scan::NoSockets(_) => true,
             Scan::Found(entry) => {
                 self.insert_proc(tgid, entry);
                 true
@@ -267,6 +303,7 @@ impl HolderIndex {
                     fd,
                     comm: p.comm.clone(),
                     start_time: p.start_time,
+                    netns: p.netns,
                 })
             })
             .collect()
@@ -348,7 +385,7 @@ fn scan_process(
     // The stat read is the cost saved for processes without sockets; read
     // after the fds so a process that died meanwhile is dropped, not kept.
     if sockets.is_empty() {
-        return Scan::NoSockets;
+        return Scan::NoSockets(read_netns(pid_fd));
     }
     if read_at(pid_fd, c"stat", stat_buf).is_err() {
         return Scan::Gone;
@@ -359,9 +396,17 @@ fn scan_process(
     Scan::Found(ProcEntry {
         comm: String::from_utf8_lossy(stat.comm).into_owned(),
         start_time: stat.start_time,
+        netns: read_netns(pid_fd),
         via_tid,
         sockets: sockets.as_slice().to_vec(),
     })
+}
+
+/// The process's network namespace inode, from its `ns/net` link.
+fn read_netns(pid_dir: RawFd) -> Option<u64> {
+    let mut link = [0u8; LINK_BUF];
+    let target = readlink_at(pid_dir, c"ns/net", &mut link)?;
+    crate::host::netns::netns_of_link(Path::new(OsStr::from_bytes(target))).ok()
 }
 
 /// Calls `visit(dir_fd, name)` for each entry of the process's fd table;
@@ -1121,6 +1166,7 @@ mod tests {
         let want = Holder {
             pid: child.pid(),
             fd: 0,
+            netns: Some(crate::host::netns::own().unwrap()),
             comm: "sleep".into(),
             start_time: info.start_time,
         };

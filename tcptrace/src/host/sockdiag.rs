@@ -46,8 +46,12 @@ pub struct DiagSocket {
     /// `bpf_get_socket_cookie()` / `SO_COOKIE`.
     pub cookie: u64,
     /// From the `INET_DIAG_INFO` attribute. `None` when the kernel sent none
-    /// (TIME_WAIT and request sockets never carry one) or it was too short.
+    /// (TIME_WAIT and request sockets never carry one), it was too short, or
+    /// the socket was read from `/proc/PID/net/tcp`.
     pub info: Option<TcpInfoLite>,
+    /// Its network namespace's inode; 0 until the caller sets it (a dump
+    /// sees the namespace of the thread that makes it).
+    pub netns: u64,
 }
 
 /// The few `struct tcp_info` fields tcptrace needs.
@@ -373,6 +377,7 @@ fn parse_inet_diag_msg(p: &[u8]) -> Result<DiagSocket> {
         uid,
         cookie,
         info,
+        netns: 0,
     })
 }
 
@@ -889,6 +894,7 @@ mod tests {
             inode: 123_456,
             uid: 1000,
             cookie: 0x0123_4567_89ab_cdef,
+            netns: 0,
             info: Some(TcpInfoLite {
                 last_data_sent_ms: 1111,
                 last_ack_recv_ms: 2222,

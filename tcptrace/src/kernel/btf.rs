@@ -1,10 +1,10 @@
 //! Field offsets from the running kernel's BTF.
 //!
-//! The kernel program reads `sk->sk_socket` and then the `i_ino` of the inode
-//! allocated with that socket (`struct socket_alloc`) with
-//! `bpf_probe_read_kernel`, so it needs the offsets of those three fields. They
-//! move between kernel versions and configs, so we read them from
-//! `/sys/kernel/btf/vmlinux` at start instead of compiling them in.
+//! The kernel program follows a few pointers with `bpf_probe_read_kernel`
+//! (a socket's inode and network namespace, the current process's name,
+//! the socket behind an accepted fd), so it needs the offsets of those
+//! members. They move between kernel versions and configs, so we read them
+//! from `/sys/kernel/btf/vmlinux` at start instead of compiling them in.
 //!
 //! aya-obj parses BTF but does not expose type lookup, hence this small,
 //! read-only parser. It only keeps what member lookup needs, and it treats its
@@ -13,30 +13,103 @@
 use std::fmt;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use tcptrace_common::Offsets;
+use tcptrace_common::KernelLayout;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Offsets of sock.sk_socket, socket_alloc.vfs_inode, inode.i_ino in bytes.
-pub fn socket_inode_offsets() -> Result<Offsets> {
+/// The layout of the running kernel, and what could not be found in it,
+/// each as one line saying what is lost.
+pub fn kernel_layout() -> Result<(KernelLayout, Vec<String>)> {
     let bytes = std::fs::read(VMLINUX_BTF).with_context(|| {
         format!("reading {VMLINUX_BTF} (is the kernel built with CONFIG_DEBUG_INFO_BTF?)")
     })?;
-    offsets_from(&bytes, VMLINUX_BTF)
+    layout_from(&bytes, VMLINUX_BTF)
 }
 
-pub fn socket_inode_offsets_from(btf_bytes: &[u8]) -> Result<Offsets> {
-    offsets_from(btf_bytes, "the given BTF")
-}
-
-fn offsets_from(bytes: &[u8], origin: &str) -> Result<Offsets> {
+/// [`kernel_layout`] from BTF bytes.
+pub fn layout_from(bytes: &[u8], origin: &str) -> Result<(KernelLayout, Vec<String>)> {
     let btf = Btf::parse_from(bytes, origin)?;
-    Ok(Offsets {
-        sock_sk_socket: btf.member_offset("sock", "sk_socket")?,
-        socket_alloc_vfs_inode: btf.member_offset("socket_alloc", "vfs_inode")?,
-        inode_i_ino: btf.member_offset("inode", "i_ino")?,
-        _pad: 0,
-    })
+    let mut l = KernelLayout::NONE;
+    let mut missing = Vec::new();
+    // Each group of members serves one purpose, found whole or not at all.
+    let mut group = |what: &str, lookups: &[(&str, &[(&str, &str)])]| -> Option<Vec<u32>> {
+        let mut found = Vec::new();
+        for (name, path) in lookups {
+            let mut total = 0u32;
+            for (st, member) in path.iter() {
+                match btf.member_offset(st, member) {
+                    Ok(off) => total = total.saturating_add(off),
+                    Err(e) => {
+                        missing.push(format!("{what}: {name}: {e:#}"));
+                        return None;
+                    }
+                }
+            }
+            found.push(total);
+        }
+        Some(found)
+    };
+    if let Some(v) = group(
+        "socket inodes (owners of sockets older than tcptrace, leak holders)",
+        &[
+            ("sock.sk_socket", &[("sock", "sk_socket")]),
+            ("socket_alloc.vfs_inode", &[("socket_alloc", "vfs_inode")]),
+            ("inode.i_ino", &[("inode", "i_ino")]),
+        ],
+    ) {
+        (l.sock_sk_socket, l.socket_alloc_vfs_inode, l.inode_i_ino) = (v[0], v[1], v[2]);
+    }
+    // possible_net_t's only member, the struct net pointer, is at offset 0.
+    if let Some(v) = group(
+        "network namespaces (listeners' owners per namespace)",
+        &[
+            (
+                "sock.__sk_common.skc_net",
+                &[("sock", "__sk_common"), ("sock_common", "skc_net")],
+            ),
+            ("net.ns.inum", &[("net", "ns"), ("ns_common", "inum")]),
+        ],
+    ) {
+        (l.sock_net, l.net_inum) = (v[0], v[1]);
+    }
+    if let Some(v) = group(
+        "process names (a thread's own name is used instead)",
+        &[
+            (
+                "task_struct.group_leader",
+                &[("task_struct", "group_leader")],
+            ),
+            ("task_struct.comm", &[("task_struct", "comm")]),
+        ],
+    ) {
+        (l.task_group_leader, l.task_comm) = (v[0], v[1]);
+    }
+    if let Some(v) = group(
+        "accepted sockets (their owner stays the listener's until they change state)",
+        &[
+            ("task_struct.files", &[("task_struct", "files")]),
+            ("files_struct.fdt", &[("files_struct", "fdt")]),
+            ("fdtable.fd", &[("fdtable", "fd")]),
+            ("fdtable.max_fds", &[("fdtable", "max_fds")]),
+            ("file.private_data", &[("file", "private_data")]),
+            ("socket.sk", &[("socket", "sk")]),
+            (
+                "sock.__sk_common.skc_family",
+                &[("sock", "__sk_common"), ("sock_common", "skc_family")],
+            ),
+        ],
+    ) {
+        (
+            l.task_files,
+            l.files_fdt,
+            l.fdtable_fd,
+            l.fdtable_max_fds,
+            l.file_private_data,
+            l.socket_sk,
+            l.sock_family,
+        ) = (v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+    }
+    Ok((l, missing))
 }
 
 const MAGIC: u16 = 0xEB9F;
@@ -765,7 +838,7 @@ mod tests {
     }
 
     #[test]
-    fn socket_inode_offsets_from_synthetic() {
+    fn layout_from_synthetic_btf() {
         let mut b = Builder::new();
         let long = b.int("long unsigned int", 8);
         let void_ptr = b.ptr(0);
@@ -783,20 +856,29 @@ mod tests {
             256,
             &[("socket", socket, 0), ("", anon, 128 * 8)],
         );
-        let got = socket_inode_offsets_from(&b.build()).unwrap();
-        let want = Offsets {
-            sock_sk_socket: 288,
-            socket_alloc_vfs_inode: 128,
-            inode_i_ino: 64,
-            _pad: 0,
-        };
-        assert_eq!(got, want);
+        let (got, missing) = layout_from(&b.build(), "the given BTF").unwrap();
+        assert_eq!(
+            (
+                got.sock_sk_socket,
+                got.socket_alloc_vfs_inode,
+                got.inode_i_ino
+            ),
+            (288, 128, 64)
+        );
+        // The other groups are missing whole, each said in one line.
+        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert_eq!(got.sock_net, KernelLayout::UNKNOWN);
 
         let mut b = Builder::new();
         let long = b.int("long", 8);
         b.structure("sock", 8, &[("sk_common", long, 0)]);
-        let e = err_text(socket_inode_offsets_from(&b.build()));
-        assert_eq!(e, "struct sock has no member sk_socket in the given BTF");
+        let (got, missing) = layout_from(&b.build(), "the given BTF").unwrap();
+        assert_eq!(got.sock_sk_socket, KernelLayout::UNKNOWN);
+        assert!(
+            missing[0]
+                .ends_with("sock.sk_socket: struct sock has no member sk_socket in the given BTF"),
+            "{missing:?}"
+        );
     }
 
     /// An independent reading of the same BTF: bpftool's raw dump, with its
@@ -838,9 +920,9 @@ mod tests {
                 if name == member {
                     return Some(bits / 8);
                 }
-                // No let-chains: the workspace MSRV (1.87) predates them.
-                let nested = (name == "(anon)").then(|| walk(aggs, *ty, member));
-                if let Some(Some(inner)) = nested {
+                if name == "(anon)"
+                    && let Some(inner) = walk(aggs, *ty, member)
+                {
                     return Some(bits / 8 + inner);
                 }
             }
@@ -860,17 +942,8 @@ mod tests {
             std::path::Path::new(VMLINUX_BTF).exists(),
             "{VMLINUX_BTF} is missing; this kernel lacks CONFIG_DEBUG_INFO_BTF"
         );
-        let got = socket_inode_offsets().unwrap_or_else(|e| panic!("{e:#}"));
-        for v in [
-            got.sock_sk_socket,
-            got.socket_alloc_vfs_inode,
-            got.inode_i_ino,
-        ] {
-            assert_ne!(v, Offsets::UNKNOWN);
-            // A pointer, a struct holding pointers, an unsigned long: naturally aligned.
-            assert_eq!(v % 8, 0, "{got:?}");
-        }
-
+        let (got, missing) = kernel_layout().unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(missing.is_empty(), "{missing:?}");
         let bpftool = [
             "/usr/sbin/bpftool",
             "/usr/bin/bpftool",
@@ -878,10 +951,7 @@ mod tests {
         ]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
-        let Some(bpftool) = bpftool else {
-            eprintln!("bpftool not installed; only sanity-checked {got:?}");
-            return;
-        };
+        let bpftool = bpftool.expect("bpftool (cargo xtask setup installs it)");
         let out = Command::new(bpftool)
             .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
             .output()
@@ -892,14 +962,25 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let dump = String::from_utf8_lossy(&out.stdout);
-        let want = |s, m| {
+        let want = |s: &str, m: &str| -> u32 {
             bpftool_offset(&dump, s, m).unwrap_or_else(|| panic!("bpftool dump lacks {s}.{m}"))
         };
-        let expected = Offsets {
+        let sum = |path: &[(&str, &str)]| path.iter().map(|(st, m)| want(st, m)).sum::<u32>();
+        let expected = KernelLayout {
             sock_sk_socket: want("sock", "sk_socket"),
             socket_alloc_vfs_inode: want("socket_alloc", "vfs_inode"),
             inode_i_ino: want("inode", "i_ino"),
-            _pad: 0,
+            sock_net: sum(&[("sock", "__sk_common"), ("sock_common", "skc_net")]),
+            net_inum: sum(&[("net", "ns"), ("ns_common", "inum")]),
+            sock_family: sum(&[("sock", "__sk_common"), ("sock_common", "skc_family")]),
+            task_group_leader: want("task_struct", "group_leader"),
+            task_comm: want("task_struct", "comm"),
+            task_files: want("task_struct", "files"),
+            files_fdt: want("files_struct", "fdt"),
+            fdtable_fd: want("fdtable", "fd"),
+            fdtable_max_fds: want("fdtable", "max_fds"),
+            file_private_data: want("file", "private_data"),
+            socket_sk: want("socket", "sk"),
         };
         assert_eq!(got, expected);
     }

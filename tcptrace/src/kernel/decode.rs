@@ -4,52 +4,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use bytes::Buf as _;
-use tcptrace_common::{AF_INET, AF_INET6, STATE_EVENT_SIZE, StateEvent, TASK_COMM_LEN};
+use tcptrace_common::{OwnerSource, STATE_EVENT_SIZE, StateEvent, TcpState};
 
-use crate::model::state::TcpState;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::V4 => "ipv4",
-            Self::V6 => "ipv6",
-        }
-    }
-
-    pub const fn af(self) -> u16 {
-        match self {
-            Self::V4 => AF_INET,
-            Self::V6 => AF_INET6,
-        }
-    }
-}
-
-/// One decoded transition. `pid`/`comm` here are the task that was on the
-/// CPU; the socket's owner is worked out later (see `owner`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub ts_ns: u64,
-    pub skaddr: u64,
-    pub cgroup_id: u64,
-    pub inode: u64,
-    pub family: Family,
-    pub laddr: IpAddr,
-    pub lport: u16,
-    pub raddr: IpAddr,
-    pub rport: u16,
-    pub tgid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub oldstate: TcpState,
-    pub newstate: TcpState,
-}
+use crate::model::{
+    event::{Event, Family},
+    owner::Comm,
+};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -72,62 +32,34 @@ impl std::error::Error for DecodeError {}
 
 /// Decodes one record. Longer records are accepted (a newer kernel program
 /// may append fields); shorter ones are not.
-pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     if buf.len() < STATE_EVENT_SIZE {
         return Err(DecodeError::Short(buf.len()));
     }
-    // Field by field, in StateEvent's order; `bytes` reads unaligned little-endian.
-    let raw = StateEvent {
-        ts_ns: buf.get_u64_ne(),
-        skaddr: buf.get_u64_ne(),
-        cgroup_id: buf.get_u64_ne(),
-        inode: buf.get_u64_ne(),
-        saddr: take16(&mut buf),
-        daddr: take16(&mut buf),
-        tgid: buf.get_u32_ne(),
-        tid: buf.get_u32_ne(),
-        sport: buf.get_u16_ne(),
-        dport: buf.get_u16_ne(),
-        family: buf.get_u16_ne(),
-        oldstate: buf.get_u8(),
-        newstate: buf.get_u8(),
-        comm: {
-            let mut c = [0u8; TASK_COMM_LEN];
-            buf.copy_to_slice(&mut c);
-            c
-        },
-    };
+    // SAFETY: at least size_of::<StateEvent>() bytes; StateEvent is plain
+    // integers and arrays, valid for any bits; the record may be unaligned.
+    let raw = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<StateEvent>()) };
     from_raw(&raw)
 }
 
-fn take16(buf: &mut &[u8]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    buf.copy_to_slice(&mut a);
-    a
-}
-
 pub fn from_raw(raw: &StateEvent) -> Result<Event, DecodeError> {
-    let family = match raw.family {
-        AF_INET => Family::V4,
-        AF_INET6 => Family::V6,
-        other => return Err(DecodeError::Family(other)),
-    };
+    let family = Family::from_af(raw.family).ok_or(DecodeError::Family(raw.family))?;
     let state = |n| TcpState::from_kernel(n).ok_or(DecodeError::State(n));
+    let owner_source = OwnerSource::from_kernel(raw.owner_source);
     Ok(Event {
         ts_ns: raw.ts_ns,
         skaddr: raw.skaddr,
-        cgroup_id: raw.cgroup_id,
         inode: raw.inode,
         family,
         laddr: ip(family, &raw.saddr),
         lport: raw.sport,
         raddr: ip(family, &raw.daddr),
         rport: raw.dport,
-        tgid: raw.tgid,
-        tid: raw.tid,
-        comm: comm_str(&raw.comm),
         oldstate: state(raw.oldstate)?,
         newstate: state(raw.newstate)?,
+        owner: (owner_source != OwnerSource::Unknown).then_some(raw.owner),
+        owner_source,
+        comm: Comm::from_kernel(raw.comm),
     })
 }
 
@@ -138,41 +70,12 @@ fn ip(family: Family, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// A NUL-padded kernel comm as text; invalid UTF-8 is replaced, not rejected.
-pub fn comm_str(comm: &[u8]) -> String {
-    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
-/// Formats an endpoint the way users paste it: `1.2.3.4:80`, `[::1]:80`.
-pub fn endpoint(addr: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(addr, port).to_string()
-}
-
-/// A loopback IPv4 event for unit tests elsewhere in the crate.
-#[cfg(test)]
-pub(crate) fn test_event(skaddr: u64, ts_ms: u64, old: TcpState, new: TcpState) -> Event {
-    Event {
-        ts_ns: ts_ms * 1_000_000,
-        skaddr,
-        cgroup_id: 0,
-        inode: 0,
-        family: Family::V4,
-        laddr: Ipv4Addr::LOCALHOST.into(),
-        lport: 5000,
-        raddr: Ipv4Addr::LOCALHOST.into(),
-        rport: 61616,
-        tgid: 1,
-        tid: 1,
-        comm: "t".into(),
-        oldstate: old,
-        newstate: new,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use tcptrace_common::{AF_INET, AF_INET6, TASK_COMM_LEN};
+
     use super::*;
+    use crate::model::event::endpoint;
 
     fn sample() -> StateEvent {
         let mut comm = [0u8; TASK_COMM_LEN];
@@ -184,17 +87,17 @@ mod tests {
         StateEvent {
             ts_ns: 123_456_789,
             skaddr: 0xffff_8881_0000_1000,
-            cgroup_id: 42,
             inode: 99,
             saddr,
             daddr,
-            tgid: 1000,
-            tid: 1001,
+            owner: 1000,
             sport: 40000,
             dport: 61616,
             family: AF_INET,
             oldstate: 1,
             newstate: 8,
+            owner_source: OwnerSource::Holder as u8,
+            _pad: [0; 3],
             comm,
         }
     }
@@ -221,22 +124,25 @@ mod tests {
                 (ev.oldstate, ev.newstate),
                 (TcpState::Established, TcpState::CloseWait)
             );
-            assert_eq!((ev.tgid, ev.tid, ev.comm.as_str()), (1000, 1001, "curl"));
+            assert_eq!((ev.owner, ev.comm.text()), (Some(1000), "curl".into()));
             assert_eq!(
-                (ev.ts_ns, ev.skaddr, ev.cgroup_id, ev.inode),
-                (123_456_789, 0xffff_8881_0000_1000, 42, 99)
+                (ev.ts_ns, ev.skaddr, ev.inode),
+                (123_456_789, 0xffff_8881_0000_1000, 99)
             );
         }
     }
 
     #[test]
-    fn decodes_ipv6() {
+    fn decodes_ipv6_and_an_unknown_owner() {
         let mut raw = sample();
         raw.family = AF_INET6;
         raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        raw.owner_source = OwnerSource::Unknown as u8;
+        raw.owner = 0;
         let ev = decode(&bytes_of(&raw)).unwrap();
         assert_eq!(ev.family, Family::V6);
         assert_eq!(endpoint(ev.laddr, ev.lport), "[::1]:40000");
+        assert_eq!((ev.owner, ev.owner_source), (None, OwnerSource::Unknown));
     }
 
     #[test]
@@ -263,6 +169,6 @@ mod tests {
         let mut bytes = bytes_of(&raw);
         bytes.extend_from_slice(&[7; 8]);
         let ev = decode(&bytes).unwrap();
-        assert_eq!(ev.comm.chars().count(), TASK_COMM_LEN);
+        assert_eq!(ev.comm.text().chars().count(), TASK_COMM_LEN);
     }
 }

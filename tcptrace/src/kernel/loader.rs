@@ -1,113 +1,87 @@
 //! Checks the host can run us, loads the embedded kernel program with its
-//! filters and offsets set, and attaches it. Dropping [`Probe`] detaches and
-//! unloads everything.
+//! configuration and the running kernel's layout set, and attaches it.
+//! Dropping [`Probe`] detaches and unloads everything.
 
-use std::path::Path;
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use tcptrace_common::{
-    AggregateConfig, DROPS_SLOT, EVICTED_SLOT, Filter, GROUP_NONE, GROUP_PROCESS, HIST_FULL_SLOT,
-    HIST_MAX_KEYS, HistKey, ListenerOwner, MODE_AGGREGATE, MODE_STREAM, Offsets, SOCKET_WAYS,
-    TASK_COMM_LEN, TOTAL_KINDS, TotalHist,
+    Config, DROPS_SLOT, EVICTED_SLOT, GROUP_NONE, GROUP_PROCESS, HIST_FULL_SLOT, HIST_MAX_KEYS,
+    KernelLayout, KnownOwner, ListenKey, MODE_AGGREGATE, OWNERS_BY_INODE, OWNERS_TRACK,
+    SOCKET_WAYS, TOTAL_KINDS, TRANSITION_SLOTS,
 };
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
-const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
+use crate::{
+    host::sys,
+    kernel::{btf, maps::AggregateMaps, tracefs},
+};
 
-// Capability numbers from linux/capability.h.
-const CAP_DAC_READ_SEARCH: u32 = 2;
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// The `accept()` exits whose sockets get the accepting process as owner.
+const ACCEPT_EXITS: [(&str, &str, &str); 2] = [
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+];
 
 pub struct ProbeConfig {
-    pub filter: Filter,
+    /// What the program does; the loader fills in `layout` and `socket_sets`.
+    pub config: Config,
     pub ring_bytes: u32,
-    /// Pending bytes that wake the reader; 0 wakes it on every record.
-    pub wakeup_bytes: u64,
-    /// Read socket inodes in the kernel (needed to name owners from /proc).
-    pub inodes: bool,
-    /// `Some`: aggregate histograms in the kernel (hist) instead of streaming
-    /// every transition (`None`: watch, leaks).
-    pub aggregate: Option<AggregateProbe>,
-}
-
-/// The kernel's aggregate mode: what it groups by, and for how many sockets
-/// it keeps timestamps (rounded up to a power of two; beyond that the oldest
-/// entries make room).
-pub struct AggregateProbe {
-    pub config: AggregateConfig,
+    /// Sockets `SOCKETS` keeps entries for (rounded up to a power of two;
+    /// beyond that the oldest entries make room, counted).
     pub max_sockets: u32,
 }
 
+impl ProbeConfig {
+    fn aggregate(&self) -> bool {
+        self.config.mode == MODE_AGGREGATE
+    }
+
+    fn owners(&self) -> bool {
+        self.config.owners & OWNERS_TRACK != 0
+    }
+}
+
 pub struct Probe {
-    // Keeps the program and its link alive; dropping it detaches.
+    // Keeps the programs and their links alive; dropping it detaches.
     _ebpf: Ebpf,
     /// Taken by the reader.
     pub events: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
-    pub offsets: Offsets,
     /// The aggregate mode's maps.
     pub aggregate: Option<AggregateMaps>,
-    /// The loaded program's fd (owned by `_ebpf`), for its run statistics.
-    program_fd: std::os::fd::RawFd,
+    /// Where owners are seeded, when they are tracked.
+    pub owners: Option<OwnerMaps>,
+    /// The loaded programs' fds (owned by `_ebpf`), for their statistics.
+    program_fds: Vec<RawFd>,
 }
 
-pub struct AggregateMaps {
-    /// The histograms when not grouping: per kind and interval parity.
-    pub totals: PerCpuArray<MapData, TotalHist>,
-    /// The histograms when grouping: one counter per key.
-    pub hist: PerCpuHashMap<MapData, HistKey, u64>,
-    /// Listening port -> owner; seeded with the listeners that predate the probe.
-    pub listen_owners: HashMap<MapData, u16, ListenerOwner>,
-    /// Owner tgid -> comm, learnt in process context (grouping by process).
-    pub comms: HashMap<MapData, u32, [u8; TASK_COMM_LEN]>,
-    /// Transitions per (old, new) state ([`tcptrace_common::transition_index`]).
-    pub transitions: PerCpuArray<MapData, u64>,
+/// The maps userspace fills with what it found at start.
+pub struct OwnerMaps {
+    /// Listening port per network namespace -> owner.
+    pub listeners: HashMap<MapData, ListenKey, KnownOwner>,
+    /// Socket inode -> a holder (with [`OWNERS_BY_INODE`]).
+    pub inodes: Option<HashMap<MapData, u64, KnownOwner>>,
 }
 
 impl Probe {
     pub fn load(cfg: &ProbeConfig) -> anyhow::Result<Self> {
         check_privileges()?;
-        ensure_tracefs()?;
-        raise_memlock_rlimit();
+        tracefs::ensure_mounted()?;
+        tracefs::check_state_change_layout(&tracefs::format(tracefs::STATE_CHANGE)?)?;
+        if let Err(e) = sys::raise_memlock_rlimit() {
+            log::debug!("could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11");
+        }
         check_kernel_features()?;
-        let offsets = if cfg.inodes {
-            // Without BTF, owners still come from process context, listeners
-            // and sock_diag; only the /proc lookup by inode is lost.
-            crate::kernel::btf::socket_inode_offsets().unwrap_or_else(|e| {
-                eprintln!(
-                    "tcptrace: warning: {e:#}; socket owners seen in softirq may be unknown (a kernel with CONFIG_DEBUG_INFO_BTF fixes this)"
-                );
-                Offsets::NONE
-            })
-        } else {
-            Offsets::NONE
-        };
-        let (mode, aggregate) = match &cfg.aggregate {
-            Some(a) => (
-                MODE_AGGREGATE,
-                AggregateConfig {
-                    socket_sets: socket_entries(a.max_sockets) / SOCKET_WAYS,
-                    ..a.config
-                },
-            ),
-            None => (MODE_STREAM, AggregateConfig::NONE),
-        };
+        let mut config = cfg.config;
+        config.layout = kernel_layout(cfg.owners() || config.filter.inode_states != 0);
+        config.socket_sets = socket_entries(cfg.max_sockets) / SOCKET_WAYS;
         let mut loader = EbpfLoader::new();
-        loader
-            .override_global("FILTER", &cfg.filter, true)
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("WAKEUP_BYTES", &cfg.wakeup_bytes, true)
-            .override_global("MODE", &mode, true)
-            .override_global("AGGREGATE", &aggregate, true);
+        loader.override_global("CONFIG", &config, true);
         for (map, entries) in map_sizes(cfg) {
             loader.map_max_entries(map, entries);
         }
@@ -124,94 +98,169 @@ impl Probe {
                 Err(e) => log::debug!("kernel log unavailable: {e}"),
             }
         }
-        let program: &mut TracePoint = ebpf
-            .program_mut("inet_sock_set_state")
-            .ok_or_else(|| anyhow!("kernel program inet_sock_set_state missing from the object"))?
-            .try_into()?;
-        program.load().map_err(|e| verifier_error(&e))?;
-        program.attach(TRACEPOINT.0, TRACEPOINT.1).with_context(|| {
-            format!(
-                "attaching to tracepoint {}:{} (needs a kernel >= 4.16 with CONFIG_TRACEPOINTS)",
-                TRACEPOINT.0, TRACEPOINT.1
-            )
-        })?;
-        let program_fd = {
-            use std::os::fd::{AsFd as _, AsRawFd as _};
-            program.fd()?.as_fd().as_raw_fd()
+        let mut program_fds = Vec::new();
+        if cfg.owners() {
+            attach_accept_exits(&mut ebpf, &config.layout, &mut program_fds);
+        }
+        program_fds.push(attach(
+            &mut ebpf,
+            "inet_sock_set_state",
+            tracefs::STATE_CHANGE,
+        )?);
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the kernel program"))
         };
-        let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| anyhow!("map EVENTS missing"))?,
-        )
-        .context("opening the ring buffer (needs a kernel >= 5.8)")?;
-        let drops = PerCpuArray::try_from(
-            ebpf.take_map("DROPS")
-                .ok_or_else(|| anyhow!("map DROPS missing"))?,
-        )?;
-        let aggregate = match cfg.aggregate {
-            Some(_) => {
-                let mut take = |name| {
-                    ebpf.take_map(name)
-                        .ok_or_else(|| anyhow!("map {name} missing"))
-                };
-                Some(AggregateMaps {
-                    totals: PerCpuArray::try_from(take("TOTALS")?)?,
-                    hist: PerCpuHashMap::try_from(take("HIST")?)?,
-                    listen_owners: HashMap::try_from(take("LISTEN_OWNERS")?)?,
-                    comms: HashMap::try_from(take("COMMS")?)?,
-                    transitions: PerCpuArray::try_from(take("TRANSITIONS")?)?,
-                })
-            }
-            None => None,
+        let events = RingBuf::try_from(take("EVENTS")?)
+            .context("opening the ring buffer (needs a kernel >= 5.8)")?;
+        let drops = PerCpuArray::try_from(take("DROPS")?)?;
+        let aggregate = if cfg.aggregate() {
+            Some(AggregateMaps {
+                totals: PerCpuArray::try_from(take("TOTALS")?)?,
+                hist: aya::maps::PerCpuHashMap::try_from(take("HIST")?)?,
+                comms: HashMap::try_from(take("COMMS")?)?,
+                transitions: PerCpuArray::try_from(take("TRANSITIONS")?)?,
+            })
+        } else {
+            None
+        };
+        let owners = if cfg.owners() {
+            Some(OwnerMaps {
+                listeners: HashMap::try_from(take("LISTEN_OWNERS")?)?,
+                inodes: if cfg.config.owners & OWNERS_BY_INODE != 0 {
+                    Some(HashMap::try_from(take("INODE_OWNERS")?)?)
+                } else {
+                    None
+                },
+            })
+        } else {
+            None
         };
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             drops,
-            offsets,
             aggregate,
-            program_fd,
+            owners,
+            program_fds,
         })
     }
 
-    /// Records the kernel could not write because the ring buffer was full.
-    pub fn lost(&self) -> u64 {
+    fn drops(&self, slot: u32) -> u64 {
         self.drops
-            .get(&DROPS_SLOT, 0)
+            .get(&slot, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
 
-    /// Runs of the program the kernel skipped because a BPF program (ours or
+    /// Records the kernel could not write because the ring buffer was full.
+    pub fn lost(&self) -> u64 {
+        self.drops(DROPS_SLOT)
+    }
+
+    /// Histogram updates the kernel dropped because `HIST` was full.
+    pub fn hist_full(&self) -> u64 {
+        self.drops(HIST_FULL_SLOT)
+    }
+
+    /// Sockets whose entry the kernel evicted from a full `SOCKETS` set.
+    pub fn evicted(&self) -> u64 {
+        self.drops(EVICTED_SLOT)
+    }
+
+    /// Runs of the programs the kernel skipped because a BPF program (ours or
     /// another tool's) was already running on that CPU, typically a softirq
     /// transition interrupting a process-context one: those transitions are
     /// neither streamed nor counted. The kernel's `recursion_misses` (5.12+),
     /// 0 where it is not reported.
     pub fn missed(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.program_fd))
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix("recursion_misses:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
+        self.program_fds
+            .iter()
+            .filter_map(|fd| fdinfo_field(*fd, "recursion_misses"))
+            .sum()
     }
 
-    /// Histogram updates the kernel dropped because `HIST` was full.
-    pub fn hist_full(&self) -> u64 {
-        self.drops
-            .get(&HIST_FULL_SLOT, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+    /// CPU time in our programs, when the kernel's BPF statistics are on
+    /// (`sysctl kernel.bpf_stats_enabled=1`, or any process holding a
+    /// `BPF_ENABLE_STATS` fd): `None` while they have never been timed.
+    pub fn run_time_ns(&self) -> Option<u64> {
+        let (mut ns, mut runs) = (0, 0);
+        for fd in &self.program_fds {
+            ns += fdinfo_field(*fd, "run_time_ns")?;
+            runs += fdinfo_field(*fd, "run_cnt")?;
+        }
+        let on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|s| s.trim() == "1");
+        (on || runs > 0).then_some(ns)
     }
+}
 
-    /// Sockets whose timestamps the kernel evicted from a full `SOCKETS` set.
-    pub fn evicted(&self) -> u64 {
-        self.drops
-            .get(&EVICTED_SLOT, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+/// A `key:\tvalue` number from an fdinfo file.
+pub fn parse_fdinfo(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+fn fdinfo_field(fd: RawFd, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    parse_fdinfo(&text, key)
+}
+
+/// Loads and attaches one tracepoint program; returns its fd.
+fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow::Result<RawFd> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("kernel program {program} missing from the object"))?
+        .try_into()?;
+    p.load().map_err(|e| verifier_error(program, &e))?;
+    p.attach(group, name).with_context(|| {
+        format!("attaching to tracepoint {group}:{name} (needs a kernel >= 4.16 with CONFIG_TRACEPOINTS)")
+    })?;
+    Ok(p.fd()?.as_fd().as_raw_fd())
+}
+
+/// The `accept()` exits, so that accepted sockets are owned by the process
+/// that accepted them. Missing syscall tracepoints cost precision, not the
+/// trace: the owner then stays the listener's until the socket's next
+/// transition in process context, and a warning says so.
+fn attach_accept_exits(ebpf: &mut Ebpf, layout: &KernelLayout, fds: &mut Vec<RawFd>) {
+    if layout.socket_sk == KernelLayout::UNKNOWN {
+        return; // kernel_layout warned already.
+    }
+    for (program, group, name) in ACCEPT_EXITS {
+        let attached = tracefs::format((group, name))
+            .and_then(|f| tracefs::check_sys_exit_layout(&f))
+            .and_then(|()| attach(ebpf, program, (group, name)));
+        match attached {
+            Ok(fd) => fds.push(fd),
+            Err(e) => eprintln!(
+                "tcptrace: warning: {group}:{name}: {e:#}; sockets accepted meanwhile are shown with their listener's owner"
+            ),
+        }
+    }
+}
+
+/// The running kernel's layout. Without BTF (or a member), what needs it
+/// is lost, and a warning says what.
+fn kernel_layout(needed: bool) -> KernelLayout {
+    if !needed {
+        return KernelLayout::NONE;
+    }
+    match btf::kernel_layout() {
+        Ok((layout, missing)) => {
+            for m in missing {
+                eprintln!("tcptrace: warning: not found in the kernel's BTF, for {m}");
+            }
+            layout
+        }
+        Err(e) => {
+            eprintln!(
+                "tcptrace: warning: {e:#}; owners of sockets older than tcptrace, of accepted sockets and names of threads' processes may be unknown (a kernel with CONFIG_DEBUG_INFO_BTF fixes this)"
+            );
+            KernelLayout::NONE
+        }
     }
 }
 
@@ -220,48 +269,61 @@ fn socket_entries(max_sockets: u32) -> u32 {
     max_sockets.clamp(SOCKET_WAYS, 1 << 30).next_power_of_two()
 }
 
-/// Sizes of the maps that depend on the mode: each mode shrinks the maps it
-/// never touches to their minimum, as several are preallocated.
+/// Sizes of the maps: each mode shrinks the maps it never touches to their
+/// minimum, as several are preallocated.
 fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
-    let Some(a) = &cfg.aggregate else {
-        return vec![
-            ("EVENTS", cfg.ring_bytes),
-            ("SOCKETS", SOCKET_WAYS),
-            ("LISTEN_OWNERS", 1),
-            ("COMMS", 1),
-            ("TOTALS", 1),
-            ("HIST", 1),
-            ("TRANSITIONS", 1),
-        ];
-    };
-    let by = a.config.group_by;
-    let owners = by == GROUP_PROCESS || cfg.filter.n_pids != 0 || a.config.has_comm != 0;
+    let c = &cfg.config;
+    let aggregate = cfg.aggregate();
+    let grouped = aggregate && c.aggregate.group_by != GROUP_NONE;
+    let streams = !aggregate || c.aggregate.stream_states != 0;
     vec![
-        // Unless some states are streamed too, the ring buffer stays unused:
-        // its smallest size is a page.
+        // Unless some states are streamed, the ring buffer stays unused: its
+        // smallest size is a page.
         (
             "EVENTS",
-            if a.config.stream_states == 0 {
-                page_size()
-            } else {
+            if streams {
                 cfg.ring_bytes
+            } else {
+                sys::page_size()
             },
         ),
-        ("SOCKETS", socket_entries(a.max_sockets)),
-        // The stream's pid filter maps.
-        ("OWNERS", 1),
-        ("LISTENERS", 1),
-        ("LISTEN_OWNERS", if owners { 4096 } else { 1 }),
-        ("COMMS", if by == GROUP_PROCESS { 16384 } else { 1 }),
-        ("TOTALS", if by == GROUP_NONE { TOTAL_KINDS * 2 } else { 1 }),
-        ("HIST", if by == GROUP_NONE { 1 } else { HIST_MAX_KEYS }),
+        (
+            "SOCKETS",
+            if aggregate || cfg.owners() {
+                socket_entries(cfg.max_sockets)
+            } else {
+                SOCKET_WAYS
+            },
+        ),
+        ("LISTEN_OWNERS", if cfg.owners() { 4096 } else { 1 }),
+        // Allocated as filled (BPF_F_NO_PREALLOC): the bound costs nothing.
+        (
+            "INODE_OWNERS",
+            if c.owners & OWNERS_BY_INODE != 0 {
+                cfg.max_sockets.max(1)
+            } else {
+                1
+            },
+        ),
+        (
+            "COMMS",
+            if aggregate && c.aggregate.group_by == GROUP_PROCESS {
+                16384
+            } else {
+                1
+            },
+        ),
+        (
+            "TOTALS",
+            if aggregate && !grouped {
+                TOTAL_KINDS * 2
+            } else {
+                1
+            },
+        ),
+        ("TRANSITIONS", if aggregate { TRANSITION_SLOTS } else { 1 }),
+        ("HIST", if grouped { HIST_MAX_KEYS } else { 1 }),
     ]
-}
-
-fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(n).unwrap_or(4096)
 }
 
 fn explain_load_error(e: &aya::EbpfError) -> anyhow::Error {
@@ -277,9 +339,9 @@ fn explain_load_error(e: &aya::EbpfError) -> anyhow::Error {
 
 /// The verifier's log is pages long: keep its verdict on one line, the
 /// whole log under -v.
-fn verifier_error(e: &aya::programs::ProgramError) -> anyhow::Error {
+fn verifier_error(program: &str, e: &aya::programs::ProgramError) -> anyhow::Error {
     let text = format!("{e:#}");
-    log::debug!("verifier log: {text}");
+    log::debug!("verifier log of {program}: {text}");
     let verdict = text
         .lines()
         .take_while(|l| !l.starts_with("verification time"))
@@ -287,7 +349,7 @@ fn verifier_error(e: &aya::programs::ProgramError) -> anyhow::Error {
         .last()
         .unwrap_or("no verifier output");
     anyhow!(
-        "the kernel verifier rejected the tracepoint program: {verdict} (run with -v for the full log)"
+        "the kernel verifier rejected the program {program}: {verdict} (run with -v for the full log)"
     )
 }
 
@@ -326,15 +388,10 @@ fn check_kernel_features() -> anyhow::Result<()> {
 
 /// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN implies both on older kernels).
 fn check_privileges() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| cap_eff & (1 << cap) != 0;
+    use sys::{CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE};
+    let has = sys::has_capability;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        if !(has(CAP_SYS_PTRACE) && has(CAP_DAC_READ_SEARCH)) && unsafe { libc::geteuid() } != 0 {
+        if !(has(CAP_SYS_PTRACE) && has(CAP_DAC_READ_SEARCH)) && sys::effective_uid() != 0 {
             eprintln!(
                 "tcptrace: warning: without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH the owners of other users' sockets cannot be read from /proc"
             );
@@ -346,57 +403,17 @@ fn check_privileges() -> anyhow::Result<()> {
     )
 }
 
-/// The tracepoint is found through tracefs; mount it when it is missing.
-fn ensure_tracefs() -> anyhow::Result<()> {
-    let event = format!("events/{}/{}", TRACEPOINT.0, TRACEPOINT.1);
-    // tracefs is mode 0700: without root, reading it takes CAP_DAC_READ_SEARCH.
-    if let Err(e) = std::fs::read_dir(TRACEFS)
-        && e.kind() == std::io::ErrorKind::PermissionDenied
-    {
-        bail!(
-            "cannot read {TRACEFS} (permission denied): run as root or grant CAP_DAC_READ_SEARCH"
-        );
-    }
-    if Path::new(TRACEFS).join(&event).exists() || Path::new(DEBUGFS_TRACING).join(&event).exists()
-    {
-        return Ok(());
-    }
-    if !Path::new(TRACEFS).join("events").exists() {
-        let rc = unsafe {
-            // SAFETY: static NUL-terminated strings.
-            libc::mount(
-                c"nodev".as_ptr(),
-                c"/sys/kernel/tracing".as_ptr(),
-                c"tracefs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            bail!(
-                "tracefs is not mounted and mounting it failed ({err}): run `mount -t tracefs nodev {TRACEFS}`"
-            );
-        }
-    }
-    if !Path::new(TRACEFS).join(&event).exists() {
-        bail!(
-            "tracepoint {}:{} not found in {TRACEFS}/events: the kernel needs CONFIG_TRACEPOINTS and version >= 4.16",
-            TRACEPOINT.0,
-            TRACEPOINT.1
-        );
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
-fn raise_memlock_rlimit() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    #[test]
+    fn fdinfo_numbers() {
+        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nprog_id:\t42\nrun_time_ns:\t1234\nrun_cnt:\t7\n";
+        assert_eq!(parse_fdinfo(text, "prog_id"), Some(42));
+        assert_eq!(parse_fdinfo(text, "run_time_ns"), Some(1234));
+        assert_eq!(parse_fdinfo(text, "run_cnt"), Some(7));
+        assert_eq!(parse_fdinfo(text, "missing"), None);
+        assert_eq!(parse_fdinfo("run_time_ns:\tx\n", "run_time_ns"), None);
     }
 }

@@ -1,172 +1,87 @@
-//! Who owns a socket. The task on the CPU is right only in process context
-//! (connect, listen, close, shutdown); receive-path transitions run in softirq,
-//! where it is `swapper`, `ksoftirqd` or, on loopback, the peer. So:
-//! 1. in process context, the current task, remembered per socket;
-//! 2. a socket whose file we can see (inode): every process holding it in
-//!    `/proc/*/fd` — right after fork() or SCM_RIGHTS too;
-//! 3. a remembered owner from 1;
-//! 4. a server socket not accepted yet: its listener's owner;
-//! 5. otherwise the task on the CPU, marked as a guess.
+//! Who owns a socket. The kernel program decides it (see the kernel crate's
+//! `owner` module): from the system calls its holders make, the listener it
+//! came from, or the holders found in `/proc` at start; never from the task
+//! that happens to be on the CPU. What it does not know stays unknown here.
+//! Userspace only names the owner's process (`host::names`).
 
-use std::collections::HashMap;
+use std::{borrow::Cow, fmt};
 
-use serde::Serialize;
+pub use tcptrace_common::OwnerSource;
+use tcptrace_common::TASK_COMM_LEN;
 
-use crate::{
-    host::holders::{Holder, HolderIndex},
-    kernel::decode::Event,
-    model::socket_table::Socket,
-    model::state::TcpState,
-};
+/// A process name as the kernel keeps it: at most 15 bytes, NUL padded.
+/// `Copy`, so events carry it without allocating.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm([u8; TASK_COMM_LEN]);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OwnerSource {
-    /// The task that made the transition in process context.
-    Task,
-    /// A holder of the socket's file descriptor, from /proc/*/fd.
-    Fd,
-    /// The owner of the listening socket this one was created from.
-    Listener,
-    /// Whoever was on the CPU in softirq: possibly not the owner.
-    OnCpu,
+impl Comm {
+    pub const fn from_kernel(raw: [u8; TASK_COMM_LEN]) -> Self {
+        Self(raw)
+    }
+
+    /// A name as `/proc/PID/comm` gives it (without its newline), cut as
+    /// the kernel cuts it.
+    pub fn new(name: &[u8]) -> Self {
+        let mut raw = [0; TASK_COMM_LEN];
+        let n = name.len().min(TASK_COMM_LEN - 1);
+        raw[..n].copy_from_slice(&name[..n]);
+        Self(raw)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|b| *b == 0).unwrap_or(TASK_COMM_LEN);
+        &self.0[..end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0] == 0
+    }
+
+    /// As text; invalid UTF-8 is replaced, not rejected.
+    pub fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
+    }
+
+    /// The raw bytes, as the kernel's filters compare them.
+    pub const fn raw(&self) -> [u8; TASK_COMM_LEN] {
+        self.0
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.text())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text())
+    }
+}
+
+/// A socket's known owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    /// Its process name (the thread-group leader's, as `ps` shows it).
+    pub comm: Comm,
+    /// [`OwnerSource::Holder`] or [`OwnerSource::Listener`].
     pub source: OwnerSource,
 }
 
-impl Owner {
-    pub fn task(pid: u32, comm: &str) -> Self {
-        Self {
-            pid,
-            comm: comm.to_owned(),
-            source: OwnerSource::Task,
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    pub fn from_holder(h: &Holder) -> Self {
-        Self {
-            pid: h.pid,
-            comm: h.comm.clone(),
-            source: OwnerSource::Fd,
-        }
-    }
-}
-
-/// Transitions that only a system call on the socket makes, so the current
-/// task is the socket's user. The kernel program names the task (comm) only
-/// for these.
-pub fn in_process_context(ev: &Event) -> bool {
-    ev.tgid != 0 && tcptrace_common::in_process_context(ev.newstate as u8)
-}
-
-/// Bound on the names remembered for on-CPU guesses.
-const MAX_GUESS_NAMES: usize = 1024;
-
-pub struct Attributor {
-    listeners: HashMap<u16, Owner>,
-    holders: Option<HolderIndex>,
-    /// pid -> comm for on-CPU guesses, whose events carry no comm.
-    guess_names: HashMap<u32, String>,
-}
-
-impl Attributor {
-    /// `holders`: the /proc index, or `None` to never read /proc (cheapest).
-    pub fn new(holders: Option<HolderIndex>) -> Self {
-        Self {
-            listeners: HashMap::new(),
-            holders,
-            guess_names: HashMap::new(),
-        }
-    }
-
-    /// A listener that existed before tracing started.
-    pub fn add_listener(&mut self, lport: u16, owner: Owner) {
-        self.listeners.insert(lport, owner);
-    }
-
-    pub fn holders_mut(&mut self) -> Option<&mut HolderIndex> {
-        self.holders.as_mut()
-    }
-
-    /// The owner(s) of the socket at this transition, first one primary.
-    pub fn attribute(&mut self, ev: &Event, sock: &Socket) -> Vec<Owner> {
-        let owners = self.resolve(ev, sock);
-        if let Some(first) = owners.first() {
-            match (ev.oldstate, ev.newstate) {
-                (_, TcpState::Listen) => {
-                    self.listeners.insert(sock.tuple.lport, first.clone());
-                }
-                (TcpState::Listen, TcpState::Close) => {
-                    self.listeners.remove(&sock.tuple.lport);
-                }
-                _ => {}
-            }
-        }
-        owners
-    }
-
-    fn resolve(&mut self, ev: &Event, sock: &Socket) -> Vec<Owner> {
-        if in_process_context(ev) {
-            return vec![Owner::task(ev.tgid, &ev.comm)];
-        }
-        // The fd table is the truth once the socket has a file, but reading it
-        // costs a readlink per fd of the process: only when nothing else is
-        // known (a socket that existed before we started, or accepted before
-        // we saw its listener). `leaks` rescans /proc itself for current holders.
-        if sock.inode != 0
-            && sock.owner.is_none()
-            && let Some(index) = self.holders.as_mut()
-        {
-            let found = index.holders(sock.inode, None);
-            if !found.is_empty() {
-                return found.iter().map(Owner::from_holder).collect();
-            }
-        }
-        if let Some(o) = &sock.owner {
-            return vec![o.clone()];
-        }
-        if matches!(ev.oldstate, TcpState::Listen | TcpState::SynRecv)
-            && let Some(l) = self.listeners.get(&sock.tuple.lport)
-        {
-            return vec![Owner {
-                source: OwnerSource::Listener,
-                ..l.clone()
-            }];
-        }
-        vec![Owner {
-            pid: ev.tgid,
-            comm: self.guess_name(ev),
-            source: OwnerSource::OnCpu,
-        }]
-    }
-
-    /// The on-CPU task's name. Softirq events do not carry it (naming the
-    /// task in the kernel costs every event): a rare fallback reads it from /proc.
-    fn guess_name(&mut self, ev: &Event) -> String {
-        if !ev.comm.is_empty() {
-            return ev.comm.clone();
-        }
-        if ev.tgid == 0 {
-            return "swapper".to_owned();
-        }
-        if self.guess_names.len() >= MAX_GUESS_NAMES {
-            self.guess_names.clear();
-        }
-        self.guess_names
-            .entry(ev.tgid)
-            .or_insert_with(|| {
-                // Only the kernel's newline goes, as holders' process_info
-                // does: a comm may end in spaces of its own.
-                std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid)).map_or_else(
-                    |_| "?".to_owned(),
-                    |c| c.strip_suffix('\n').unwrap_or(&c).to_owned(),
-                )
-            })
-            .clone()
+    #[test]
+    fn comm_is_cut_like_the_kernel_and_lossy() {
+        let c = Comm::new(b"0123456789abcdefXYZ");
+        assert_eq!(c.text(), "0123456789abcde");
+        assert_eq!(Comm::new(b"java").text(), "java");
+        assert!(Comm::default().is_empty());
+        let raw = [0xff; TASK_COMM_LEN];
+        assert_eq!(Comm::from_kernel(raw).text().chars().count(), TASK_COMM_LEN);
+        assert_eq!(format!("{:<6}|", Comm::new(b"ab")), "ab    |");
     }
 }

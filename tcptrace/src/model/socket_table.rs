@@ -4,11 +4,9 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use crate::{
-    kernel::decode::{Event, Family},
-    model::owner::Owner,
-    model::state::TcpState,
-};
+use tcptrace_common::TcpState;
+
+use crate::model::event::{Event, Family};
 
 /// The 4-tuple that identifies a connected socket across tools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,12 +22,9 @@ pub struct Socket {
     pub state: TcpState,
     /// CLOCK_MONOTONIC ns when it entered `state`.
     pub since_ns: u64,
-    /// True when `since_ns` is an estimate (socket found at start, not seen entering its state).
-    pub since_estimated: bool,
     pub family: Family,
     pub tuple: Tuple,
     pub inode: u64,
-    pub owner: Option<Owner>,
 }
 
 /// What one event did to the table.
@@ -43,9 +38,6 @@ pub struct Applied {
 
 pub struct SocketTable {
     sockets: HashMap<u64, Socket>,
-    /// Sockets seeded from a sock_diag snapshot have no kernel address yet:
-    /// they are keyed by cookie and found by 4-tuple when their first event comes.
-    seeded: HashMap<Tuple, u64>,
     cap: usize,
     evicted: u64,
 }
@@ -56,7 +48,6 @@ impl SocketTable {
     pub fn new(cap: usize) -> Self {
         Self {
             sockets: HashMap::new(),
-            seeded: HashMap::new(),
             cap: cap.max(1),
             evicted: 0,
         }
@@ -82,19 +73,6 @@ impl SocketTable {
         self.sockets.get(&key)
     }
 
-    pub fn get_mut(&mut self, key: u64) -> Option<&mut Socket> {
-        self.sockets.get_mut(&key)
-    }
-
-    /// Adds a socket found at start. `cookie` must not look like a kernel
-    /// address (kernel addresses have the top bit set; cookies are counters).
-    pub fn seed(&mut self, cookie: u64, socket: Socket) {
-        let key = cookie & !(1 << 63);
-        self.make_room();
-        self.seeded.insert(socket.tuple, key);
-        self.sockets.insert(key, socket);
-    }
-
     /// Applies one transition and returns the time spent in the old state.
     pub fn apply(&mut self, ev: &Event) -> Applied {
         let tuple = Tuple {
@@ -103,30 +81,19 @@ impl SocketTable {
             raddr: ev.raddr,
             rport: ev.rport,
         };
-        // A socket known only from the start-up snapshot takes its kernel
-        // address now. (Most runs seed none: skip hashing the tuple then.)
-        if !self.seeded.is_empty()
-            && !self.sockets.contains_key(&ev.skaddr)
-            && let Some(key) = self.seeded.remove(&tuple)
-            && let Some(sock) = self.sockets.remove(&key)
-        {
-            self.sockets.insert(ev.skaddr, sock);
-        }
         // CLOSE -> X and a listener's child are new lifecycles, even if the
         // address was used by a socket whose CLOSE we missed: nothing of the
         // previous socket at this address carries over. Taken out rather
         // than cloned; put back below unless this is its CLOSE.
-        let fresh = ev.oldstate == TcpState::Close
-            || (ev.oldstate == TcpState::Listen && ev.newstate == TcpState::SynRecv);
+        let fresh = tcptrace_common::starts_lifecycle(ev.oldstate as u8, ev.newstate as u8);
         let prev = self.sockets.remove(&ev.skaddr).filter(|_| !fresh);
         let dwell_ns = prev
             .as_ref()
-            .filter(|p| p.state == ev.oldstate && !p.since_estimated)
+            .filter(|p| p.state == ev.oldstate)
             .and_then(|p| ev.ts_ns.checked_sub(p.since_ns));
         let socket = Socket {
             state: ev.newstate,
             since_ns: ev.ts_ns,
-            since_estimated: false,
             family: ev.family,
             // Ports can be 0 early in a lifecycle (connect() sets SYN_SENT before
             // picking the local port): keep what we knew.
@@ -136,7 +103,6 @@ impl SocketTable {
             } else {
                 prev.as_ref().map_or(0, |p| p.inode)
             },
-            owner: prev.and_then(|p| p.owner),
         };
         if ev.newstate != TcpState::Close {
             // The key is out of the map: this evicts only when it was not
@@ -153,8 +119,7 @@ impl SocketTable {
         }
         let ages = self.sockets.iter().map(|(k, s)| (s.since_ns, *k));
         for key in eviction_batch(ages, self.cap) {
-            if let Some(s) = self.sockets.remove(&key) {
-                self.seeded.remove(&s.tuple);
+            if self.sockets.remove(&key).is_some() {
                 self.evicted += 1;
             }
         }
@@ -203,7 +168,7 @@ mod tests {
 
     use super::*;
 
-    use crate::kernel::decode::test_event as ev;
+    use crate::model::event::test_event as ev;
 
     use TcpState::*;
 
@@ -247,11 +212,9 @@ mod tests {
         let mut t = SocketTable::new(16);
         let k = 0xffff_0000_0000_0003;
         t.apply(&ev(k, 1, Close, SynSent));
-        t.get_mut(k).unwrap().owner = Some(Owner::task(7, "old"));
         // The CLOSE was lost; the same address comes back as a new socket.
         let a = t.apply(&ev(k, 1000, Close, Listen));
         assert_eq!(a.dwell_ns, None);
-        assert_eq!(a.socket.owner, None, "no stale owner across lifecycles");
         // Never a negative dwell time: a timestamp going backwards gives None.
         let b = t.apply(&ev(k, 999, Listen, Close));
         assert_eq!(b.dwell_ns, None);
@@ -282,34 +245,5 @@ mod tests {
         // The newest socket survived, the oldest did not.
         assert!(t.get(0xffff_0000_0001_0000 + 99).is_some());
         assert!(t.get(0xffff_0000_0001_0000).is_none());
-    }
-
-    #[test]
-    fn seeded_sockets_take_their_kernel_address_on_first_event() {
-        let mut t = SocketTable::new(16);
-        let e = ev(0xffff_0000_0000_0009, 500, CloseWait, LastAck);
-        t.seed(
-            77,
-            Socket {
-                state: CloseWait,
-                since_ns: 100_000_000,
-                since_estimated: true,
-                family: Family::V4,
-                tuple: Tuple {
-                    laddr: e.laddr,
-                    lport: e.lport,
-                    raddr: e.raddr,
-                    rport: e.rport,
-                },
-                inode: 1234,
-                owner: None,
-            },
-        );
-        let a = t.apply(&e);
-        // An estimated age is not a measured dwell time.
-        assert_eq!(a.dwell_ns, None);
-        assert_eq!(a.socket.inode, 1234);
-        assert!(t.get(77).is_none());
-        assert_eq!(t.get(e.skaddr).unwrap().state, LastAck);
     }
 }

@@ -1,4 +1,7 @@
-//! The one pipeline every subcommand runs: kernel -> events -> socket table
-//! -> a view's sink, with signals, warnings and closed pipes handled once.
+//! The one pipeline every subcommand runs: the kernel program (streaming or
+//! aggregating) -> decoded events -> the socket table -> a view's sink, with
+//! signals, warnings, closed pipes and the run's statistics handled once.
 
+pub mod seed;
+pub mod sink;
 pub mod tracer;

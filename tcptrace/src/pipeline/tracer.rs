@@ -1,6 +1,7 @@
-//! The pipeline every subcommand shares: kernel probe -> ring buffer ->
-//! decode -> socket table -> owner attribution -> a [`Sink`]. Runs until a
-//! signal, the duration, or the sink says stop; then detaches and reports.
+//! The pipeline every subcommand shares: kernel program -> ring buffer ->
+//! decode -> socket table -> a [`Sink`]. Runs until a signal, the duration,
+//! or the sink says stop; then the sink finishes, the program is detached,
+//! and the run's statistics are returned.
 
 use std::{io, ops::ControlFlow, time::Duration};
 
@@ -12,101 +13,21 @@ use tokio::{
 };
 
 use crate::{
-    host::sockdiag,
-    kernel::decode::{self, Event, Family},
-    kernel::loader::{Probe, ProbeConfig},
-    model::clock::Clock,
-    model::owner::{Attributor, Owner, OwnerSource},
-    model::socket_table::{Socket, SocketTable, Tuple},
-    model::state::TcpState,
+    host::{clock::Clock, names::Names},
+    kernel::{
+        decode,
+        loader::{Probe, ProbeConfig},
+    },
+    model::{event::Event, owner::Owner, selection::Selection, socket_table::SocketTable},
+    pipeline::{
+        seed,
+        sink::{Context, Sink, Stats, Transition},
+    },
 };
-
-/// One transition as consumers see it.
-pub struct Transition<'a> {
-    pub ev: &'a Event,
-    /// Time in the old state; `None` when its start was not seen.
-    pub dwell_ns: Option<u64>,
-    pub socket: &'a Socket,
-    /// First is the primary owner; several when a socket is shared.
-    pub owners: &'a [Owner],
-}
-
-/// Userspace filters: exact where the kernel's are a superset.
-#[derive(Clone, Debug, Default)]
-pub struct Filters {
-    pub pids: Vec<u32>,
-    pub comm: Option<String>,
-    pub states: Vec<TcpState>,
-}
-
-impl Filters {
-    pub fn owner_passes(&self, owners: &[Owner]) -> bool {
-        (self.pids.is_empty() || owners.iter().any(|o| self.pids.contains(&o.pid)))
-            && self
-                .comm
-                .as_ref()
-                .is_none_or(|c| owners.iter().any(|o| &o.comm == c))
-    }
-
-    pub fn transition_passes(&self, ev: &Event) -> bool {
-        self.states.is_empty()
-            || self.states.contains(&ev.oldstate)
-            || self.states.contains(&ev.newstate)
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub events: u64,
-    pub lost: u64,
-    pub evicted: u64,
-    pub undecodable: u64,
-    /// Runs the kernel skipped because another BPF program was running on
-    /// the CPU (`recursion_misses`): transitions never seen, so never hidden.
-    pub missed: u64,
-}
-
-impl Stats {
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "tcptrace: {} events, {} lost, {} evicted",
-            self.events, self.lost, self.evicted
-        );
-        if self.undecodable > 0 {
-            s.push_str(&format!(", {} undecodable", self.undecodable));
-        }
-        if self.missed > 0 {
-            s.push_str(&format!(
-                ", {} missed (another BPF program was running on the CPU)",
-                self.missed
-            ));
-        }
-        s
-    }
-}
-
-/// What a subcommand does with the stream.
-pub trait Sink {
-    fn transition(&mut self, t: &Transition<'_>, clock: &Clock) -> io::Result<()>;
-    /// Called after each drained batch and on every tick.
-    fn flush(&mut self) -> io::Result<()>;
-    /// Called every `tick` of [`Options`]; `Break` stops the trace.
-    fn tick(&mut self, _ctx: &mut Context<'_>) -> io::Result<ControlFlow<()>> {
-        Ok(ControlFlow::Continue(()))
-    }
-}
-
-/// What a sink may look at on a tick.
-pub struct Context<'a> {
-    pub table: &'a SocketTable,
-    pub attributor: &'a mut Attributor,
-    pub stats: Stats,
-    pub clock: &'a Clock,
-}
 
 /// The poll period bounds how late a line can appear when the kernel does
 /// not wake us (it wakes us only once a batch is pending).
-pub const DEFAULT_TICK: Duration = Duration::from_millis(50);
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// Records handled before the loop looks at signals and ticks again.
 const DRAIN_BATCH: usize = 4096;
@@ -114,115 +35,47 @@ const DRAIN_BATCH: usize = 4096;
 pub struct Tracer {
     probe: Probe,
     table: SocketTable,
-    attributor: Attributor,
-    filters: Filters,
+    names: Names,
     clock: Clock,
     stats: Stats,
-    warned_lost: u64,
-    warned_missed: u64,
+    /// What was last reported, so warnings say what is new.
+    warned: Stats,
 }
 
 impl Tracer {
+    /// Loads and attaches the program; when it tracks owners, tells it who
+    /// holds the sockets and listeners that exist already.
     pub fn attach(
-        opts_probe: &ProbeConfig,
-        filters: Filters,
+        probe: &ProbeConfig,
+        selection: &Selection,
         max_sockets: usize,
-        attributor: Attributor,
     ) -> anyhow::Result<Self> {
-        let probe = Probe::load(opts_probe)?;
+        let mut probe = Probe::load(probe)?;
+        let mut names = Names::default();
+        if let Some(maps) = &mut probe.owners {
+            let seeded = seed::owners(maps, selection, &mut names)?;
+            log::debug!("owners seeded: {seeded:?}");
+        }
         Ok(Self {
             probe,
             table: SocketTable::new(max_sockets),
-            attributor,
-            filters,
+            names,
             clock: Clock::new(),
             stats: Stats::default(),
-            warned_lost: 0,
-            warned_missed: 0,
+            warned: Stats::default(),
         })
-    }
-
-    /// Puts the sockets that exist now into the table, so states and
-    /// CLOSE_WAIT leaks from before we started are known at once. Their time
-    /// of entry is unknown: CLOSE_WAIT is estimated from tcp_info (time since
-    /// the last ACK arrived, a lower bound), others are marked estimated.
-    /// `states` (a sock_diag state mask) limits it to what the caller uses:
-    /// on a host with 100,000 sockets, seeding them all costs ~40 MiB at start.
-    pub fn seed_existing(&mut self, family: Option<u16>, states: u32) -> anyhow::Result<usize> {
-        let dump =
-            sockdiag::dump_tcp(states, family).context("sock_diag dump of existing sockets")?;
-        let now = crate::model::clock::monotonic_ns();
-        if let Some(index) = self.attributor.holders_mut() {
-            index.full_scan();
-        }
-        let mut n = 0;
-        for d in &dump {
-            let Some(state) = TcpState::from_kernel(d.state) else {
-                continue;
-            };
-            let family = if d.family == tcptrace_common::AF_INET6 {
-                Family::V6
-            } else {
-                Family::V4
-            };
-            // Owners now for the states that matter at once; the rest lazily.
-            let owner = if matches!(state, TcpState::Listen | TcpState::CloseWait) && d.inode != 0 {
-                self.attributor
-                    .holders_mut()
-                    .and_then(|idx| idx.cached(d.inode).first().map(Owner::from_holder))
-            } else {
-                None
-            };
-            if state == TcpState::Listen {
-                if let Some(o) = &owner {
-                    self.attributor.add_listener(d.sport, o.clone());
-                }
-                continue;
-            }
-            let age_ns = match (state, d.info) {
-                (TcpState::CloseWait, Some(info)) => u64::from(info.last_ack_recv_ms) * 1_000_000,
-                _ => 0,
-            };
-            self.table.seed(
-                d.cookie,
-                Socket {
-                    state,
-                    since_ns: now.saturating_sub(age_ns),
-                    since_estimated: true,
-                    family,
-                    tuple: Tuple {
-                        laddr: d.saddr,
-                        lport: d.sport,
-                        raddr: d.daddr,
-                        rport: d.dport,
-                    },
-                    inode: d.inode,
-                    owner,
-                },
-            );
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    pub fn table(&self) -> &SocketTable {
-        &self.table
-    }
-
-    /// The aggregate mode's maps, for a sink that reads them itself.
-    pub fn take_aggregate(&mut self) -> Option<crate::kernel::loader::AggregateMaps> {
-        self.probe.aggregate.take()
     }
 
     pub fn clock(&self) -> &Clock {
         &self.clock
     }
 
-    pub fn stats(&self) -> Stats {
+    fn stats(&self) -> Stats {
         Stats {
             lost: self.probe.lost(),
             evicted: self.table.evicted() + self.probe.evicted(),
             missed: self.probe.missed(),
+            dropped: self.probe.hist_full(),
             ..self.stats
         }
     }
@@ -232,14 +85,11 @@ impl Tracer {
         mut self,
         sink: &mut dyn Sink,
         duration: Option<Duration>,
-        tick: Duration,
     ) -> anyhow::Result<Stats> {
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut stop = Signals::new()?;
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(tick);
+        let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Take the ring out so draining it can borrow the rest of `self`.
         let ring = self
@@ -251,7 +101,11 @@ impl Tracer {
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .context("polling the ring buffer")?;
-        eprintln!("tcptrace: attached to sock:inet_sock_set_state");
+        eprintln!(
+            "tcptrace: attached to {}:{}",
+            crate::kernel::tracefs::STATE_CHANGE.0,
+            crate::kernel::tracefs::STATE_CHANGE.1
+        );
         let mut backlog = false;
         loop {
             #[derive(Clone, Copy)]
@@ -264,9 +118,7 @@ impl Tracer {
             // cannot starve them; a backlog is drained without waiting.
             let wake = tokio::select! {
                 biased;
-                _ = sigint.recv() => Wake::Stop,
-                _ = sigterm.recv() => Wake::Stop,
-                _ = sighup.recv() => Wake::Stop,
+                () = stop.recv() => Wake::Stop,
                 () = &mut deadline => Wake::Stop,
                 _ = ticker.tick() => Wake::Tick,
                 () = std::future::ready(()), if backlog => Wake::Ring,
@@ -278,58 +130,71 @@ impl Tracer {
             let drained = self.drain(ring.get_mut(), sink);
             backlog = matches!(drained, Ok(n) if n == DRAIN_BATCH);
             let flushed = sink.flush();
-            let mut stop =
-                matches!(wake, Wake::Stop) || is_closed_pipe(&drained) || is_closed_pipe(&flushed);
-            drained.map(drop).or_else(quiet_pipe)?;
-            flushed.or_else(quiet_pipe)?;
-            if matches!(wake, Wake::Tick) && !stop {
-                self.warn_lost();
-                let mut ctx = Context {
-                    table: &self.table,
-                    attributor: &mut self.attributor,
-                    stats: Stats {
-                        lost: self.probe.lost(),
-                        evicted: self.table.evicted() + self.probe.evicted(),
-                        missed: self.warned_missed,
-                        ..self.stats
-                    },
-                    clock: &self.clock,
-                };
-                match sink.tick(&mut ctx) {
-                    Ok(ControlFlow::Break(())) => stop = true,
+            let mut stopping = matches!(wake, Wake::Stop)
+                || closed_pipe(drained.map(drop))?
+                || closed_pipe(flushed)?;
+            if matches!(wake, Wake::Tick) && !stopping {
+                self.warn();
+                let stats = self.stats();
+                match sink.tick(&mut self.context(stats)) {
+                    Ok(ControlFlow::Break(())) => stopping = true,
                     Ok(ControlFlow::Continue(())) => {}
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => stop = true,
-                    Err(e) => return Err(e).context("writing output"),
+                    Err(e) if is_closed_pipe(&e) => stopping = true,
+                    Err(e) => return Err(e),
                 }
             }
-            if stop {
+            if stopping {
                 break;
             }
         }
         let stats = self.stats();
+        match sink.finish(&mut self.context(stats)) {
+            Err(e) if !is_closed_pipe(&e) => return Err(e),
+            _ => {}
+        }
         // Detach before saying we are done.
         drop(ring);
         drop(self);
         Ok(stats)
     }
 
-    fn warn_lost(&mut self) {
-        let lost = self.probe.lost();
-        if lost > self.warned_lost {
+    fn context(&mut self, stats: Stats) -> Context<'_> {
+        Context {
+            table: &self.table,
+            probe: &mut self.probe,
+            names: &mut self.names,
+            stats,
+            clock: &self.clock,
+        }
+    }
+
+    /// Says what was lost, missed or dropped since it last said so.
+    fn warn(&mut self) {
+        let now = Stats {
+            lost: self.probe.lost(),
+            missed: self.probe.missed(),
+            dropped: self.probe.hist_full(),
+            ..self.warned
+        };
+        if now.lost > self.warned.lost {
             eprintln!(
                 "tcptrace: warning: {} events lost (ring buffer full; try a larger --ring-size)",
-                lost - self.warned_lost
+                now.lost - self.warned.lost
             );
-            self.warned_lost = lost;
         }
-        let missed = self.probe.missed();
-        if missed > self.warned_missed {
+        if now.missed > self.warned.missed {
             eprintln!(
                 "tcptrace: warning: {} transitions missed (the kernel skips the program while another BPF program runs on the same CPU)",
-                missed - self.warned_missed
+                now.missed - self.warned.missed
             );
-            self.warned_missed = missed;
         }
+        if now.dropped > self.warned.dropped {
+            eprintln!(
+                "tcptrace: warning: {} histogram updates dropped: the kernel map is full (group by something coarser)",
+                now.dropped - self.warned.dropped
+            );
+        }
+        self.warned = now;
     }
 
     /// Reads at most [`DRAIN_BATCH`] records; returns how many it read.
@@ -356,43 +221,66 @@ impl Tracer {
 
     fn handle(&mut self, ev: &Event, sink: &mut dyn Sink) -> io::Result<()> {
         let applied = self.table.apply(ev);
-        let owners = self.attributor.attribute(ev, &applied.socket);
-        let mut socket = applied.socket;
-        // Remember a known owner (not a guess) for the socket's later
-        // transitions. It is mostly the one remembered already: skip the
-        // clone and the second lookup then (the table holds what `socket` does).
-        if let Some(primary) = owners.first().filter(|o| o.source != OwnerSource::OnCpu)
-            && socket.owner.as_ref() != Some(primary)
-        {
-            socket.owner = Some(primary.clone());
-            if let Some(s) = self.table.get_mut(ev.skaddr) {
-                s.owner.clone_from(&socket.owner);
+        // The kernel decided the owner; a name it read with it is the freshest.
+        let owner = ev.owner.map(|pid| {
+            if !ev.comm.is_empty() {
+                self.names.learn(pid, ev.comm);
             }
-        }
-        if !self.filters.transition_passes(ev) || !self.filters.owner_passes(&owners) {
-            return Ok(());
-        }
+            Owner {
+                pid,
+                comm: self.names.get(pid),
+                source: ev.owner_source,
+            }
+        });
         sink.transition(
             &Transition {
                 ev,
                 dwell_ns: applied.dwell_ns,
-                socket: &socket,
-                owners: &owners,
+                socket: &applied.socket,
+                owner,
             },
             &self.clock,
         )
     }
 }
 
-fn is_closed_pipe<T>(r: &io::Result<T>) -> bool {
-    matches!(r, Err(e) if e.kind() == io::ErrorKind::BrokenPipe)
+/// SIGINT, SIGTERM and SIGHUP all end the trace.
+struct Signals([tokio::signal::unix::Signal; 3]);
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        let make = |kind| signal(kind).context("installing a signal handler");
+        Ok(Self([
+            make(SignalKind::interrupt())?,
+            make(SignalKind::terminate())?,
+            make(SignalKind::hangup())?,
+        ]))
+    }
+
+    async fn recv(&mut self) {
+        let [a, b, c] = &mut self.0;
+        tokio::select! {
+            _ = a.recv() => {}
+            _ = b.recv() => {}
+            _ = c.recv() => {}
+        }
+    }
 }
 
-/// Output piped into `head` ends quietly.
-fn quiet_pipe(e: io::Error) -> anyhow::Result<()> {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(e).context("writing output")
+/// Whether an output error is a closed pipe (`tcptrace ... | head`), which
+/// ends the trace quietly.
+pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `Ok(true)` for a closed pipe, `Ok(false)` for success, else the error.
+fn closed_pipe(r: io::Result<()>) -> anyhow::Result<bool> {
+    match r {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e).context("writing output"),
     }
 }

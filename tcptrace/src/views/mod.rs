@@ -2,6 +2,5 @@
 
 pub mod hist;
 pub mod leaks;
-pub mod metrics;
 pub mod serve;
 pub mod watch;

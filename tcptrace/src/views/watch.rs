@@ -10,9 +10,9 @@ use std::{
 };
 
 use crate::{
-    model::clock::{Clock, SecondText},
-    model::owner::OwnerSource,
-    pipeline::tracer::{Sink, Transition},
+    host::clock::{Clock, SecondText},
+    model::owner::Owner,
+    pipeline::sink::{Sink, Transition},
 };
 
 pub struct WatchSink<W: Write> {
@@ -48,14 +48,8 @@ impl<W: Write> WatchSink<W> {
     }
 
     /// The NDJSON record: these keys and no others, in this order, values
-    /// formatted as serde_json formats them.
-    fn json_line(
-        &mut self,
-        t: &Transition<'_>,
-        clock: &Clock,
-        pid: u32,
-        comm: &str,
-    ) -> io::Result<()> {
+    /// formatted as serde_json formats them. An unknown owner is `null`.
+    fn json_line(&mut self, t: &Transition<'_>, clock: &Clock) -> io::Result<()> {
         let ev = t.ev;
         let l = &mut self.line;
         l.extend_from_slice(b"{\"time\":\"");
@@ -63,10 +57,17 @@ impl<W: Write> WatchSink<W> {
         l.extend_from_slice(b"\",\"skaddr\":\"");
         push_hex16(l, ev.skaddr);
         l.extend_from_slice(b"\",\"pid\":");
-        push_dec(l, pid.into());
-        l.extend_from_slice(b",\"comm\":");
-        push_json_str(l, comm)?;
-        l.extend_from_slice(b",\"family\":\"");
+        match &t.owner {
+            Some(o) => {
+                push_dec(l, o.pid.into());
+                l.extend_from_slice(b",\"comm\":");
+                push_json_str(l, &o.comm.text())?;
+            }
+            None => l.extend_from_slice(b"null,\"comm\":null"),
+        }
+        l.extend_from_slice(b",\"owner\":\"");
+        l.extend_from_slice(owner_name(&t.owner).as_bytes());
+        l.extend_from_slice(b"\",\"family\":\"");
         l.extend_from_slice(ev.family.name().as_bytes());
         l.extend_from_slice(b"\",\"laddr\":\"");
         push_ip(l, ev.laddr)?;
@@ -88,14 +89,7 @@ impl<W: Write> WatchSink<W> {
     }
 
     /// `{time:<15} {pid:<7} {comm:<16} {laddr:<26} {raddr:<26} {old:<12} -> {new:<12} {ms:>10}`
-    fn text_line(
-        &mut self,
-        t: &Transition<'_>,
-        clock: &Clock,
-        pid: u32,
-        comm: &str,
-        guessed: bool,
-    ) -> io::Result<()> {
+    fn text_line(&mut self, t: &Transition<'_>, clock: &Clock) -> io::Result<()> {
         let ev = t.ev;
         let l = &mut self.line;
         if self.wall_clock {
@@ -109,11 +103,17 @@ impl<W: Write> WatchSink<W> {
         pad(l, l.len(), 15); // the first field: as long as the line
         l.push(b' ');
         let start = l.len();
-        push_dec(l, pid.into());
-        // A trailing '?' marks a guess: the task on the CPU in softirq.
-        if guessed {
-            l.push(b'?');
-        }
+        // An unknown owner is a dash: never the task that was on the CPU.
+        let comm = match &t.owner {
+            Some(o) => {
+                push_dec(l, o.pid.into());
+                o.comm.text()
+            }
+            None => {
+                l.push(b'-');
+                "-".into()
+            }
+        };
         pad(l, l.len() - start, 7);
         l.push(b' ');
         l.extend_from_slice(comm.as_bytes());
@@ -149,23 +149,15 @@ impl<W: Write> WatchSink<W> {
 
 impl<W: Write> Sink for WatchSink<W> {
     fn transition(&mut self, t: &Transition<'_>, clock: &Clock) -> io::Result<()> {
-        let ev = t.ev;
-        // The socket's owner; the table's tuple fills ports the event lacked.
-        let (pid, comm, guessed) = t
-            .owners
-            .first()
-            .map_or((ev.tgid, ev.comm.as_str(), true), |o| {
-                (o.pid, o.comm.as_str(), o.source == OwnerSource::OnCpu)
-            });
         self.line.clear();
         if self.json {
-            self.json_line(t, clock, pid, comm)?;
+            self.json_line(t, clock)?;
         } else {
             if !self.header_done {
                 self.header()?;
                 self.header_done = true;
             }
-            self.text_line(t, clock, pid, comm, guessed)?;
+            self.text_line(t, clock)?;
         }
         self.out.write_all(&self.line)
     }
@@ -173,6 +165,11 @@ impl<W: Write> Sink for WatchSink<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// How the owner is known: `holder`, `listener` or `unknown`.
+fn owner_name(owner: &Option<Owner>) -> &'static str {
+    owner.map_or("unknown", |o| o.source.name())
 }
 
 fn ms(ns: u64) -> f64 {
@@ -274,11 +271,14 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
+    use tcptrace_common::TcpState;
+
     use crate::{
-        kernel::decode::{Event, endpoint, test_event},
-        model::owner::Owner,
-        model::socket_table::{Socket, Tuple},
-        model::state::TcpState,
+        model::event::{Event, endpoint, test_event},
+        model::{
+            owner::{Comm, Owner, OwnerSource},
+            socket_table::{Socket, Tuple},
+        },
     };
 
     /// The formatting this module replaced (serde derive and `format!`):
@@ -288,8 +288,9 @@ mod tests {
         struct JsonLine<'a> {
             time: String,
             skaddr: String,
-            pid: u32,
-            comm: &'a str,
+            pid: Option<u32>,
+            comm: Option<&'a str>,
+            owner: &'static str,
             family: &'static str,
             laddr: String,
             lport: u16,
@@ -300,12 +301,8 @@ mod tests {
             ms: Option<f64>,
         }
         let ev = t.ev;
-        let (pid, comm, guessed) = t
-            .owners
-            .first()
-            .map_or((ev.tgid, ev.comm.as_str(), true), |o| {
-                (o.pid, o.comm.as_str(), o.source == OwnerSource::OnCpu)
-            });
+        let name = t.owner.map(|o| o.comm.text().into_owned());
+        let (pid, comm) = (t.owner.map(|o| o.pid), name.as_deref());
         let ms = t.dwell_ns.map(|ns| ns as f64 / 1e6);
         if json {
             let line = JsonLine {
@@ -313,6 +310,7 @@ mod tests {
                 skaddr: format!("{:016x}", ev.skaddr),
                 pid,
                 comm,
+                owner: t.owner.map_or("unknown", |o| o.source.name()),
                 family: ev.family.name(),
                 laddr: ev.laddr.to_string(),
                 lport: ev.lport,
@@ -329,11 +327,8 @@ mod tests {
         } else {
             format!("{:.6}", clock.since_start(ev.ts_ns))
         };
-        let pid = if guessed {
-            format!("{pid}?")
-        } else {
-            pid.to_string()
-        };
+        let pid = pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let comm = comm.unwrap_or("-");
         let ms = ms.map_or_else(|| "-".to_owned(), |m| format!("{m:.3}"));
         format!(
             "{time:<15} {pid:<7} {comm:<16} {:<26} {:<26} {:<12} -> {:<12} {ms:>10}\n",
@@ -378,8 +373,8 @@ mod tests {
                 ev.raddr = addrs[(i + j) % addrs.len()];
                 ev.lport = [0, 80, 65535][i % 3];
                 ev.rport = [61616, 1, 0][j % 3];
-                ev.tgid = [0, 1, u32::MAX][(i + j) % 3];
-                ev.comm = (*comm).to_owned();
+                ev.owner = [None, Some(1), Some(u32::MAX)][(i + j) % 3];
+                ev.comm = Comm::new(comm.as_bytes());
                 out.push(ev);
             }
         }
@@ -429,8 +424,7 @@ mod tests {
         let socket = Socket {
             state: TcpState::Established,
             since_ns: 0,
-            since_estimated: false,
-            family: crate::kernel::decode::Family::V4,
+            family: crate::model::event::Family::V4,
             tuple: Tuple {
                 laddr: Ipv4Addr::LOCALHOST.into(),
                 lport: 1,
@@ -438,16 +432,19 @@ mod tests {
                 rport: 2,
             },
             inode: 0,
-            owner: None,
+        };
+        let owner = |pid, comm: &str, source| {
+            Some(Owner {
+                pid,
+                comm: Comm::new(comm.as_bytes()),
+                source,
+            })
         };
         let owners = [
-            vec![],
-            vec![Owner::task(4_000_000, "wrk \"x\"")],
-            vec![Owner {
-                pid: 0,
-                comm: "swapper".into(),
-                source: OwnerSource::OnCpu,
-            }],
+            None,
+            owner(4_000_000, "wrk \"x\"", OwnerSource::Holder),
+            owner(1, "nginx", OwnerSource::Listener),
+            owner(7, "é日本\u{1}", OwnerSource::Holder),
         ];
         let dwells = [
             None,
@@ -463,7 +460,7 @@ mod tests {
         for (json, wall_clock) in [(true, false), (false, false), (false, true)] {
             let mut sink = WatchSink::new(Vec::new(), json, wall_clock);
             let mut want = String::new();
-            for (k, ev) in events(crate::model::clock::monotonic_ns())
+            for (k, ev) in events(crate::host::clock::monotonic_ns())
                 .iter()
                 .enumerate()
             {
@@ -471,7 +468,7 @@ mod tests {
                     ev,
                     dwell_ns: dwells[k % dwells.len()],
                     socket: &socket,
-                    owners: &owners[k % owners.len()],
+                    owner: owners[k % owners.len()],
                 };
                 sink.transition(&t, &clock).unwrap();
                 want += &reference(&t, &clock, json, wall_clock);

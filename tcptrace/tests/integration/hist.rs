@@ -4,8 +4,6 @@
 //! Every run filters on the test's own ports, so other traffic on the host
 //! (and the tests running in parallel) cannot change the counts.
 
-mod common;
-
 use std::{
     cell::Cell,
     io::{Read, Write},
@@ -15,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// 300 ms in microseconds falls in [2^18, 2^19 - 1].
@@ -50,7 +48,7 @@ fn note_misses(fin: &Finished) {
     assert_eq!(fin.code, Some(0), "{}", fin.stderr);
     let summary = fin.stderr.lines().last().unwrap_or_default();
     assert!(
-        summary.contains(", 0 dropped, 0 evicted, "),
+        summary.contains(", 0 evicted, 0 dropped, "),
         "{}",
         fin.stderr
     );
@@ -430,11 +428,13 @@ fn text_output_is_bcc_shaped() {
             format!("count 1, p50 ~{m}, p90 ~{m}, p99 ~{m}, max {m} usecs")
         );
         assert!(
-            fin.stderr
-                .lines()
-                .last()
-                .unwrap()
-                .contains(" dwell times measured in the kernel, 0 dropped, 0 evicted, "),
+            fin.stderr.contains(" dwell times measured in the kernel\n")
+                && fin
+                    .stderr
+                    .lines()
+                    .last()
+                    .unwrap()
+                    .contains(", 0 evicted, 0 dropped, "),
             "{}",
             fin.stderr
         );

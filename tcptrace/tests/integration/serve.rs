@@ -5,24 +5,21 @@
 //!
 //! A tracer that cannot load fails the test with its stderr, never skips.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{BIN, Scenario, close_all_accepted, closed_port, listener, run};
+use crate::common::{
+    BIN, Netns, Scenario, Serve, close_all_accepted, closed_port, http, listener, run,
+};
 use serde_json::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
@@ -54,148 +51,6 @@ impl Drop for TempDir {
 
 /// A running `tcptrace serve` (optionally behind a wrapper such as setpriv),
 /// with the address it printed; killed when dropped.
-struct Serve {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    addr: String,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Self {
-        Self::start_with(Command::new(BIN), args)
-    }
-
-    /// `cmd` runs the binary; `args` follow `serve --listen 127.0.0.1:0`.
-    fn start_with(mut cmd: Command, args: &[&str]) -> Self {
-        let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning tcptrace serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (mut pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = stderr.lock().unwrap().clone();
-            if text.contains("tcptrace: attached") {
-                let addr = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("tcptrace: serving metrics on http://"))
-                    .and_then(|l| l.strip_suffix("/metrics"))
-                    .unwrap_or_else(|| panic!("no address in {text}"))
-                    .to_owned();
-                return Self {
-                    child,
-                    stderr,
-                    addr,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "tcptrace serve exited with {status} before attaching (root and eBPF are required):\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tcptrace serve did not attach within 60 s:\n{text}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn get(&self, path: &str) -> Response {
-        http(&self.addr, "GET", path, "1.1")
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Polls /metrics until a line starts with `prefix`; returns its value.
-    fn wait_for_line(&self, prefix: &str, timeout: Duration) -> f64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let body = self.get("/metrics").body;
-            if let Some(v) = body
-                .lines()
-                .find_map(|l| l.strip_prefix(prefix))
-                .and_then(|v| v.trim().parse().ok())
-            {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line {prefix:?} within {timeout:?}:\n{body}\n{}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// One request on its own connection (HTTP/1.0 keeps Go from chunking).
-fn http(addr: &str, method: &str, path: &str, version: &str) -> Response {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/{version}\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {text:?}"));
-    Response {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -337,40 +192,6 @@ fn single(result: &[Value]) -> Option<f64> {
 }
 
 /// A network namespace with loopback up, deleted (with what runs in it) when dropped.
-struct NetNs(String);
-
-impl NetNs {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "tcptrace-t{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        for args in [
-            &["netns", "add", &name][..],
-            &["-n", &name, "link", "set", "lo", "up"],
-        ] {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .expect("ip (iproute2)");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Self(name)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// Holds kernel BPF run-time statistics on (BPF_ENABLE_STATS) for as long as
 /// it lives; reference-counted by the kernel, so nobody else's setting changes.
 struct BpfStats(i32);
@@ -599,15 +420,16 @@ fn a_leak_in_a_containers_own_network_namespace_is_named_with_the_container() {
     // cgroup. The tracepoint sees its sockets enter CLOSE_WAIT; /proc names
     // the holder; its cgroup names the container.
     let id = "5e7a9c0d1b2f".to_owned() + &"b".repeat(52);
-    let ns = NetNs::new();
+    let ns = Netns::new();
     let cgroup = DockerCgroup::new(&id);
     let serve = Serve::start(&["--interval", "0.5"]);
-    let server = NsServer::start(&ns.0, 3);
-    let leak = Scenario::start_in(Some(&ns.0), "client", 3, server.port, "127.0.0.1");
+    let server = NsServer::start(&ns.name, 3);
+    let leak = Scenario::start_in(Some(&ns.name), "client", 3, server.port, "127.0.0.1");
     cgroup.enter(leak.holder);
     let labels = format!(
-        "{{pid=\"{}\",comm=\"python3\",container=\"5e7a9c0d1b2f\"}} ",
-        leak.holder
+        "{{pid=\"{}\",comm=\"python3\",container=\"5e7a9c0d1b2f\",netns=\"{}\"}} ",
+        leak.holder,
+        ns.inode()
     );
     let n = serve.wait_for_line(
         &format!("tcptrace_close_wait_sockets{labels}"),
@@ -957,7 +779,7 @@ fn the_units_capabilities_are_enough_without_root() {
     close_all_accepted(&l, 3);
     let n = serve.wait_for_line(
         &format!(
-            "tcptrace_close_wait_sockets{{pid=\"{}\",comm=\"python3\",container=\"\"}} ",
+            "tcptrace_close_wait_sockets{{pid=\"{}\",comm=\"python3\",container=\"\",netns=\"\"}} ",
             leak.holder
         ),
         Duration::from_secs(30),

@@ -1,8 +1,6 @@
 //! `tcptrace leaks` and owner attribution against real leaking processes,
 //! with `ss -tanp` as ground truth.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -11,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// `ss -tanp state close-wait` for sockets touching `port`: pid -> sorted peers.

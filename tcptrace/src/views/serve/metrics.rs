@@ -23,9 +23,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use tcptrace_common::TcpState;
+
 use crate::{
-    model::log2::BUCKETS as LOG2_BUCKETS, model::state::TcpState, pipeline::tracer::Stats,
-    views::leaks::ProcessLeaks,
+    model::log2::BUCKETS as LOG2_BUCKETS, pipeline::sink::Stats, views::leaks::ProcessLeaks,
 };
 
 /// Histogram buckets: `le` = 4^k µs for k = 1..=16, 4 µs to ~72 min
@@ -134,13 +135,16 @@ struct HandshakeLabels {
     handshake: Handshake,
 }
 
-/// One process's series. `pid` and `container` are empty (so absent in
-/// Prometheus) on the `comm="other"` row.
+/// One process's series. `pid`, `container` and `netns` are empty (so
+/// absent in Prometheus) on the `comm="other"` row; `container` is empty
+/// outside containers, `netns` (the network namespace's inode) in
+/// tcptrace's own namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ProcessLabels {
     pub pid: String,
     pub comm: String,
     pub container: String,
+    pub netns: String,
 }
 
 /// Everything `serve` exports; the handles share their values with the
@@ -148,6 +152,7 @@ pub struct ProcessLabels {
 pub struct Metrics {
     kernel: Arc<KernelSeries>,
     sockets: Family<StateLabels, Gauge>,
+    namespaces: Gauge,
     close_wait: Family<ProcessLabels, Gauge>,
     close_wait_oldest: Family<ProcessLabels, Gauge<f64, AtomicU64>>,
     open_fds: Family<ProcessLabels, Gauge>,
@@ -180,6 +185,7 @@ impl Metrics {
         let m = Self {
             kernel: Arc::new(KernelSeries::default()),
             sockets: Family::default(),
+            namespaces: Gauge::default(),
             close_wait: Family::default(),
             close_wait_oldest: Family::default(),
             open_fds: Family::default(),
@@ -190,8 +196,13 @@ impl Metrics {
         reg.register_collector(Box::new(m.kernel.clone()));
         reg.register(
             "sockets",
-            "Sockets in each connection state in tcptrace's network namespace (sock_diag)",
+            "Sockets in each connection state, in every network namespace",
             m.sockets.clone(),
+        );
+        reg.register(
+            "network_namespaces",
+            "Network namespaces whose sockets tcptrace_sockets and the CLOSE_WAIT series cover",
+            m.namespaces.clone(),
         );
         reg.register(
             "close_wait_sockets",
@@ -241,8 +252,9 @@ impl Metrics {
         *self.kernel.0.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
 
-    /// Replaces `tcptrace_sockets` with these counts, indexed by state number.
-    pub fn set_sockets(&self, counts: &[i64; STATES]) {
+    /// Replaces `tcptrace_sockets` with these counts, indexed by state
+    /// number, over `namespaces` network namespaces.
+    pub fn set_sockets(&self, counts: &[i64; STATES], namespaces: usize) {
         let _replacing = self
             .snapshot
             .write()
@@ -254,6 +266,7 @@ impl Metrics {
                 })
                 .set(counts[state as usize]);
         }
+        self.namespaces.set(clamp(namespaces as u64));
     }
 
     /// Replaces the per-process series: the first `top` rows (worst first)
@@ -267,12 +280,21 @@ impl Metrics {
         self.close_wait_oldest.clear();
         self.open_fds.clear();
         self.fd_limit.clear();
-        let oldest = |r: &ProcessLeaks| r.oldest().map_or(0.0, |s| s.age.as_secs_f64());
+        // An unknown age counts as 0: the series says "at least".
+        let oldest = |r: &ProcessLeaks| {
+            r.oldest()
+                .and_then(|s| s.age.known())
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
         for r in rows.iter().take(top) {
             let labels = ProcessLabels {
                 pid: r.pid.to_string(),
                 comm: r.comm.clone(),
                 container: r.container.clone().unwrap_or_default(),
+                netns: match r.netns {
+                    Some(ns) if r.other_netns => ns.to_string(),
+                    _ => String::new(),
+                },
             };
             self.close_wait
                 .get_or_create(&labels)
@@ -291,6 +313,7 @@ impl Metrics {
                 pid: String::new(),
                 comm: "other".to_owned(),
                 container: String::new(),
+                netns: String::new(),
             };
             let sockets: usize = rest.iter().map(|r| r.sockets.len()).sum();
             self.close_wait.get_or_create(&labels).set(sockets as i64);
@@ -483,14 +506,8 @@ fn encode_histogram(
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, time::Duration};
-
     use super::*;
-    use crate::{
-        host::holders::Holder,
-        model::socket_table::Tuple,
-        views::leaks::{LeakSocket, group},
-    };
+    use crate::views::leaks::collect::{LeakSocket, group, tests::sock};
 
     use TcpState::*;
 
@@ -589,7 +606,7 @@ mod tests {
         counts[CloseWait as usize] = 4;
         counts[Established as usize] = 1;
         counts[Listen as usize] = 9;
-        m.set_sockets(&counts);
+        m.set_sockets(&counts, 3);
         let t = text(&reg);
         assert!(
             t.contains("tcptrace_sockets{state=\"close_wait\"} 4"),
@@ -601,41 +618,28 @@ mod tests {
         );
         assert!(t.contains("tcptrace_sockets{state=\"fin_wait2\"} 0"), "{t}");
         assert!(!t.contains("state=\"listen\""), "{t}");
+        assert!(t.contains("tcptrace_network_namespaces 3"), "{t}");
     }
 
     fn leak(rport: u16, age_s: u64, pid: u32, comm: &str) -> LeakSocket {
-        LeakSocket {
-            tuple: Tuple {
-                laddr: Ipv4Addr::LOCALHOST.into(),
-                lport: 40000,
-                raddr: Ipv4Addr::new(10, 0, 0, 5).into(),
-                rport,
-            },
-            inode: 1,
-            age: Duration::from_secs(age_s),
-            age_estimated: false,
-            server_side: false,
-            holders: vec![Holder {
-                pid,
-                fd: 3,
-                comm: comm.into(),
-                start_time: u64::from(pid),
-            }],
-        }
+        sock(rport, age_s, &[(pid, comm)])
     }
 
     #[test]
     fn top_processes_by_name_and_the_rest_summed_as_other() {
         let (m, reg) = Metrics::new();
-        let mut rows = group(vec![
-            leak(1, 10, 10, "java"),
-            leak(2, 20, 10, "java"),
-            leak(3, 30, 10, "java"),
-            leak(4, 400, 20, "nginx"),
-            leak(5, 50, 20, "nginx"),
-            leak(6, 600, 30, "python3"),
-            leak(7, 5, 40, "ruby"),
-        ]);
+        let mut rows = group(
+            vec![
+                leak(1, 10, 10, "java"),
+                leak(2, 20, 10, "java"),
+                leak(3, 30, 10, "java"),
+                leak(4, 400, 20, "nginx"),
+                leak(5, 50, 20, "nginx"),
+                leak(6, 600, 30, "python3"),
+                leak(7, 5, 40, "ruby"),
+            ],
+            1,
+        );
         rows[0].fds = Some(12);
         rows[0].fd_limit = Some(1024);
         rows[0].container = Some("0123456789ab".into());
@@ -643,27 +647,31 @@ mod tests {
         let t = text(&reg);
         assert!(
             t.contains(
-                "tcptrace_close_wait_sockets{pid=\"10\",comm=\"java\",container=\"0123456789ab\"} 3"
-            ),
-            "{t}"
-        );
-        assert!(
-            t.contains("tcptrace_close_wait_sockets{pid=\"20\",comm=\"nginx\",container=\"\"} 2"),
-            "{t}"
-        );
-        assert!(
-            t.contains("tcptrace_close_wait_sockets{pid=\"\",comm=\"other\",container=\"\"} 2"),
-            "{t}"
-        );
-        assert!(
-            t.contains(
-                "tcptrace_close_wait_oldest_seconds{pid=\"\",comm=\"other\",container=\"\"} 600"
+                "tcptrace_close_wait_sockets{pid=\"10\",comm=\"java\",container=\"0123456789ab\",netns=\"\"} 3"
             ),
             "{t}"
         );
         assert!(
             t.contains(
-                "tcptrace_process_open_fds{pid=\"10\",comm=\"java\",container=\"0123456789ab\"} 12"
+                "tcptrace_close_wait_sockets{pid=\"20\",comm=\"nginx\",container=\"\",netns=\"\"} 2"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "tcptrace_close_wait_sockets{pid=\"\",comm=\"other\",container=\"\",netns=\"\"} 2"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "tcptrace_close_wait_oldest_seconds{pid=\"\",comm=\"other\",container=\"\",netns=\"\"} 600"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "tcptrace_process_open_fds{pid=\"10\",comm=\"java\",container=\"0123456789ab\",netns=\"\"} 12"
             ),
             "{t}"
         );

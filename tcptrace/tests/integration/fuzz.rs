@@ -3,12 +3,14 @@
 //! error, never panic; valid records must round-trip.
 
 use proptest::prelude::*;
+use std::mem::offset_of;
 use tcptrace::{
     cli,
     host::sockdiag,
     kernel::{btf::Btf, decode},
 };
-use tcptrace_common::STATE_EVENT_SIZE;
+
+use tcptrace_common::{AF_INET, AF_INET6, STATE_EVENT_SIZE, StateEvent};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
@@ -31,15 +33,17 @@ proptest! {
         ts in any::<u64>(), sk in any::<u64>(), sport in any::<u16>(), dport in any::<u16>(),
         old in 1u8..=12, new in 1u8..=12, v6 in any::<bool>(), addr in any::<[u8; 16]>(),
     ) {
+        // Written at the shared record's own offsets, never repeated here.
         let mut raw = vec![0u8; STATE_EVENT_SIZE];
-        raw[0..8].copy_from_slice(&ts.to_ne_bytes());
-        raw[8..16].copy_from_slice(&sk.to_ne_bytes());
-        raw[32..48].copy_from_slice(&addr);
-        raw[72..74].copy_from_slice(&sport.to_ne_bytes());
-        raw[74..76].copy_from_slice(&dport.to_ne_bytes());
-        raw[76..78].copy_from_slice(&(if v6 { 10u16 } else { 2u16 }).to_ne_bytes());
-        raw[78] = old;
-        raw[79] = new;
+        let mut put = |at: usize, bytes: &[u8]| raw[at..at + bytes.len()].copy_from_slice(bytes);
+        put(offset_of!(StateEvent, ts_ns), &ts.to_ne_bytes());
+        put(offset_of!(StateEvent, skaddr), &sk.to_ne_bytes());
+        put(offset_of!(StateEvent, saddr), &addr);
+        put(offset_of!(StateEvent, sport), &sport.to_ne_bytes());
+        put(offset_of!(StateEvent, dport), &dport.to_ne_bytes());
+        put(offset_of!(StateEvent, family), &(if v6 { AF_INET6 } else { AF_INET }).to_ne_bytes());
+        put(offset_of!(StateEvent, oldstate), &[old]);
+        put(offset_of!(StateEvent, newstate), &[new]);
         let ev = decode::decode(&raw).unwrap();
         prop_assert_eq!((ev.ts_ns, ev.skaddr, ev.lport, ev.rport), (ts, sk, sport, dport));
         prop_assert_eq!((ev.oldstate as u8, ev.newstate as u8), (old, new));

@@ -2,8 +2,6 @@
 //! attached at the same time to the same traffic, must report the same
 //! set of transitions as `tcptrace watch --json`.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -12,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 
 type Row = (String, u16, u16, String, String);
 

@@ -1,8 +1,6 @@
 //! Bad input: one line on stderr, exit status 2, nothing on stdout, no panic.
 
-mod common;
-
-use common::run;
+use crate::common::run;
 
 #[test]
 fn bad_flags_and_values_are_one_line_and_exit_2() {
@@ -79,7 +77,7 @@ fn without_privileges_it_names_the_capabilities() {
             "--inh-caps=-all",
             "--bounding-set=-all",
         ])
-        .arg(common::BIN)
+        .arg(crate::common::BIN)
         .args(["watch", "--duration", "1"])
         .output()
         .expect("setpriv (util-linux)");

@@ -1,16 +1,14 @@
 //! `tcptrace watch` against the real kernel: exact transition sequences on
 //! loopback, with addresses, ports, owners and plausible dwell times.
 
-mod common;
-
 use std::{io::Write, net::Shutdown, thread, time::Duration};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
-const KEYS: [&str; 12] = [
-    "time", "skaddr", "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "oldstate",
-    "newstate", "ms",
+const KEYS: [&str; 13] = [
+    "time", "skaddr", "pid", "comm", "owner", "family", "laddr", "lport", "raddr", "rport",
+    "oldstate", "newstate", "ms",
 ];
 
 fn touches(v: &Value, port: u16) -> bool {

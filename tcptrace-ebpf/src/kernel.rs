@@ -1,0 +1,83 @@
+//! Reads of kernel memory that the tracepoint records do not carry, by
+//! `bpf_probe_read_kernel` through member offsets from the running kernel's
+//! BTF ([`KernelLayout`]). Each read is a helper call (~100 ns on this VM),
+//! so callers use them only where the answer is needed; a fault or an
+//! unknown offset yields 0, never a guess.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated};
+use tcptrace_common::{KernelLayout, TASK_COMM_LEN};
+
+use crate::load;
+
+/// The u64 at `base + offset`; 0 for a null base, an unknown offset or a fault.
+#[inline(always)]
+fn read(base: u64, offset: u32) -> u64 {
+    if base == 0 || offset == KernelLayout::UNKNOWN {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault yields 0.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u64) }.unwrap_or(0)
+}
+
+/// `i_ino` of the socket's inode, 0 while it has no file. The kernel
+/// allocates a socket and its inode together (`struct socket_alloc`), so the
+/// inode is at a fixed offset from the socket: two reads, not the four of
+/// `sk->sk_socket->file->f_inode->i_ino`.
+#[inline(always)]
+pub fn socket_inode(sk: u64, l: &KernelLayout) -> u64 {
+    let inode_at = load(&l.socket_alloc_vfs_inode);
+    let ino = load(&l.inode_i_ino);
+    if inode_at == KernelLayout::UNKNOWN || ino == KernelLayout::UNKNOWN {
+        return 0;
+    }
+    read(read(sk, load(&l.sock_sk_socket)), inode_at + ino)
+}
+
+/// The inode number of the socket's network namespace; 0 when unknown.
+#[inline(always)]
+pub fn socket_netns(sk: u64, l: &KernelLayout) -> u32 {
+    read(read(sk, load(&l.sock_net)), load(&l.net_inum)) as u32
+}
+
+/// The current process's name: its thread-group leader's `comm` (a thread's
+/// own is its thread name, e.g. "ActiveMQ Task-1" in a JVM), written into
+/// `out`. Falls back to the thread's name when the layout is unknown.
+#[inline(always)]
+pub fn process_comm(l: &KernelLayout, out: &mut [u8; TASK_COMM_LEN]) {
+    // SAFETY: takes no arguments.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let leader = read(task, load(&l.task_group_leader));
+    let comm_at = load(&l.task_comm);
+    if leader != 0 && comm_at != KernelLayout::UNKNOWN {
+        // SAFETY: a checked read into a buffer of the right size.
+        let read =
+            unsafe { bpf_probe_read_kernel_buf((leader + u64::from(comm_at)) as *const u8, out) };
+        if read.is_ok() {
+            return;
+        }
+    }
+    // SAFETY: a writable buffer of TASK_COMM_LEN bytes.
+    if unsafe { generated::bpf_get_current_comm(out.as_mut_ptr().cast(), TASK_COMM_LEN as u32) }
+        != 0
+    {
+        *out = [0; TASK_COMM_LEN];
+    }
+}
+
+/// The `struct sock` behind the current process's file descriptor `fd`, if
+/// it is an IPv4 or IPv6 socket: `current->files->fdt->fd[fd]->private_data->sk`.
+#[inline(always)]
+pub fn fd_sock(fd: u64, l: &KernelLayout) -> Option<u64> {
+    // SAFETY: takes no arguments.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let fdt = read(read(task, load(&l.task_files)), load(&l.files_fdt));
+    let max_fds = read(fdt, load(&l.fdtable_max_fds)) as u32;
+    if fd >= u64::from(max_fds) {
+        return None;
+    }
+    let file = read(read(fdt, load(&l.fdtable_fd)), (fd * 8) as u32);
+    let sk = read(read(file, load(&l.file_private_data)), load(&l.socket_sk));
+    let family = read(sk, load(&l.sock_family)) as u16;
+    (sk != 0 && (family == tcptrace_common::AF_INET || family == tcptrace_common::AF_INET6))
+        .then_some(sk)
+}

@@ -1,0 +1,142 @@
+//! Stream mode: each transition that passes the filters goes into the ring
+//! buffer with its owner.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+};
+use tcptrace_common::{Config, DROPS_SLOT, OwnerSource, SockEntry, StateEvent, TcpState};
+
+use crate::{
+    EVENTS, bump, kernel, load,
+    owner::{self, Learnt, Owner},
+    record::{Transition, state_bit},
+};
+
+const CLOSE: u8 = TcpState::Close as u8;
+const SYN_RECV: u8 = TcpState::SynRecv as u8;
+
+/// A record's footprint in the ring: the event and the kernel's 8-byte header.
+const RECORD_BYTES: u64 = core::mem::size_of::<StateEvent>() as u64 + 8;
+
+#[inline(always)]
+pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
+    let states = load(&cfg.filter.states);
+    let emits = passes && (states == 0 || states & t.state_bits() != 0);
+    let learnt = owner::learn(t, cfg, emits);
+    if !owner::tracked(cfg) {
+        if emits {
+            emit(t, cfg, &Owner::unknown_passing(), None);
+        }
+        return;
+    }
+    // Owners tracked: the socket's entry keeps what was learnt. Transitions
+    // that neither emit nor teach touch it only to free it.
+    if !emits && learnt.is_none() && t.new != CLOSE {
+        return;
+    }
+    let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
+        return;
+    };
+    // SAFETY: an array value; copied out at once (32 bytes).
+    let prev =
+        (found && !tcptrace_common::starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
+    let who = owner::resolve(t, cfg, learnt.as_ref(), prev.as_ref(), emits);
+    // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
+    // socket's transitions, and another socket taking the entry meanwhile
+    // (a full set, on another CPU) costs one owner, no more.
+    if t.new == CLOSE {
+        if found {
+            unsafe { owner::free(entry) };
+        }
+    } else if prev.is_none_or(|p| {
+        p.owner != who.tgid || p.owner_source != who.source || (p.owner_passes != 0) != who.passes
+    }) {
+        unsafe {
+            if !found {
+                owner::make_room(entry);
+            }
+            *entry = SockEntry {
+                skaddr: t.skaddr,
+                entered_ns: bpf_ktime_get_ns(),
+                owner: who.tgid,
+                owner_source: who.source,
+                owner_passes: u8::from(who.passes),
+                ..SockEntry::FREE
+            };
+        }
+    }
+    if emits && who.passes {
+        emit(t, cfg, &who, learnt.as_ref());
+    }
+}
+
+/// Writes the event straight into the ring buffer: no stack copy. Inlined
+/// in both callers: a BPF-to-BPF call costs a return thunk here.
+#[inline(always)]
+pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: Option<&Learnt>) {
+    let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
+        bump(DROPS_SLOT);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at a reserved, writable StateEvent; every field is
+    // written below, with plain stores (a zeroing loop would be a BPF call).
+    unsafe {
+        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).skaddr = t.skaddr;
+        // A socket not accepted yet has no file (and SYN_RECV is all it does
+        // before accept), so no walk for it; nor where the view does not want it.
+        let wanted = load(&cfg.filter.inode_states);
+        (*e).inode = if t.new == SYN_RECV || wanted & state_bit(t.new) == 0 {
+            0
+        } else {
+            kernel::socket_inode(t.skaddr, &cfg.layout)
+        };
+        write_words(core::ptr::addr_of_mut!((*e).saddr), t.saddr);
+        write_words(core::ptr::addr_of_mut!((*e).daddr), t.daddr);
+        let known = who.source() != OwnerSource::Unknown;
+        (*e).owner = if known { who.tgid } else { 0 };
+        (*e).owner_source = who.source() as u8;
+        (*e)._pad = [0; 3];
+        (*e).sport = t.sport;
+        (*e).dport = t.dport;
+        (*e).family = t.family;
+        (*e).oldstate = t.old;
+        (*e).newstate = t.new;
+        let comm = core::ptr::addr_of_mut!((*e).comm);
+        match learnt.and_then(|l| l.comm) {
+            Some(c) => write_words(comm, bytes_to_words(&c)),
+            None => write_words(comm, [0; 4]),
+        }
+    }
+    // Wake the reader once, with the record that takes the backlog over the
+    // threshold. Waking on every record past it (a reader falling behind)
+    // costs an inter-processor interrupt each: on a VM, most of the program's time.
+    let wakeup = load(&cfg.wakeup_bytes);
+    let pending = EVENTS.query(0);
+    let flags = if wakeup == 0 || (pending >= wakeup && pending < wakeup + RECORD_BYTES) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags.into());
+}
+
+fn bytes_to_words(b: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: same size, any bit pattern is valid.
+    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*b) }
+}
+
+/// Four word stores: LLVM turns a 16-byte copy or fill into a call to a
+/// byte-loop `memset`/`memcpy`, a BPF-to-BPF call on the hot path.
+///
+/// # Safety
+/// `dst` is valid for 16 bytes of writes and 4-byte aligned.
+unsafe fn write_words(dst: *mut [u8; 16], words: [u32; 4]) {
+    let dst = dst.cast::<u32>();
+    for (i, w) in words.into_iter().enumerate() {
+        // SAFETY: within the 16 bytes, per the contract.
+        unsafe { core::ptr::write_volatile(dst.add(i), w) };
+    }
+}

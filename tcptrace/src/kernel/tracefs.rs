@@ -1,0 +1,170 @@
+//! tracefs: where the tracepoints are found, mounted on demand, and the
+//! `format` files that describe their records on the running kernel.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use tcptrace_common::{INET_SOCK_SET_STATE_FIELDS, SYS_EXIT_RET_OFFSET};
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// The state-change tracepoint every mode attaches to.
+pub const STATE_CHANGE: (&str, &str) = ("sock", "inet_sock_set_state");
+
+/// Makes sure tracefs is there, mounting it when it is missing.
+pub fn ensure_mounted() -> Result<()> {
+    // tracefs is mode 0700: without root, reading it takes CAP_DAC_READ_SEARCH.
+    if let Err(e) = std::fs::read_dir(TRACEFS)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        bail!(
+            "cannot read {TRACEFS} (permission denied): run as root or grant CAP_DAC_READ_SEARCH"
+        );
+    }
+    if event_dir(STATE_CHANGE).is_some() {
+        return Ok(());
+    }
+    if !Path::new(TRACEFS).join("events").exists() {
+        crate::host::sys::mount_tracefs(TRACEFS).map_err(|err| {
+            anyhow::anyhow!(
+                "tracefs is not mounted and mounting it failed ({err}): run `mount -t tracefs nodev {TRACEFS}`"
+            )
+        })?;
+    }
+    if event_dir(STATE_CHANGE).is_none() {
+        bail!(
+            "tracepoint {}:{} not found in {TRACEFS}/events: the kernel needs CONFIG_TRACEPOINTS and version >= 4.16",
+            STATE_CHANGE.0,
+            STATE_CHANGE.1
+        );
+    }
+    Ok(())
+}
+
+/// The directory of a tracepoint under tracefs (or debugfs), if it exists.
+pub fn event_dir((group, name): (&str, &str)) -> Option<PathBuf> {
+    [TRACEFS, DEBUGFS_TRACING]
+        .into_iter()
+        .map(|root| Path::new(root).join("events").join(group).join(name))
+        .find(|p| p.exists())
+}
+
+/// A tracepoint's `format` file.
+pub fn format(event: (&str, &str)) -> Result<String> {
+    let dir = event_dir(event)
+        .with_context(|| format!("tracepoint {}:{} not found", event.0, event.1))?;
+    let path = dir.join("format");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `(offset, size)` of a field in a `format` file:
+/// `field:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;`.
+pub fn field(format: &str, name: &str) -> Option<(usize, usize)> {
+    let line = format.lines().find(|l| {
+        l.trim_start().starts_with("field:")
+            && l.split(';').next().is_some_and(|decl| {
+                let decl = decl.trim_end();
+                decl.ends_with(&format!(" {name}"))
+                    || decl.ends_with(&format!("*{name}"))
+                    || decl.contains(&format!(" {name}["))
+            })
+    })?;
+    let num = |key: &str| -> Option<usize> {
+        line.split(';')
+            .find_map(|p| p.trim().strip_prefix(key))?
+            .parse()
+            .ok()
+    };
+    Some((num("offset:")?, num("size:")?))
+}
+
+/// Checks the state-change record against the layout the kernel program
+/// reads, field by field: a kernel that moved a field is refused with its
+/// name, never read wrongly.
+pub fn check_state_change_layout(format: &str) -> Result<()> {
+    for (name, offset, size) in INET_SOCK_SET_STATE_FIELDS {
+        match field(format, name) {
+            Some(found) if found == (offset, size) => {}
+            Some((o, s)) => bail!(
+                "this kernel's {}:{} record has {name} at offset {o} (size {s}); tcptrace reads it at {offset} (size {size}): unsupported kernel (Linux >= 5.8 is needed)",
+                STATE_CHANGE.0,
+                STATE_CHANGE.1
+            ),
+            None => bail!(
+                "this kernel's {}:{} record has no field {name}: unsupported kernel",
+                STATE_CHANGE.0,
+                STATE_CHANGE.1
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Checks a `syscalls:sys_exit_*` record has its `ret` where the program reads it.
+pub fn check_sys_exit_layout(format: &str) -> Result<()> {
+    match field(format, "ret") {
+        Some((SYS_EXIT_RET_OFFSET, 8)) => Ok(()),
+        other => bail!("ret is at {other:?}, not at offset {SYS_EXIT_RET_OFFSET} with size 8"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V6_1: &str = "name: inet_sock_set_state
+ID: 1390
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn fields_are_read_from_format_text() {
+        assert_eq!(field(V6_1, "skaddr"), Some((8, 8)));
+        assert_eq!(field(V6_1, "saddr"), Some((32, 4)));
+        assert_eq!(field(V6_1, "saddr_v6"), Some((40, 16)));
+        assert_eq!(field(V6_1, "common_pid"), Some((4, 4)));
+        assert_eq!(field(V6_1, "nope"), None);
+        check_state_change_layout(V6_1).unwrap();
+    }
+
+    #[test]
+    fn a_moved_field_is_refused_by_name() {
+        // Before Linux 5.6 the protocol was a __u8 and the addresses followed it.
+        let old = V6_1
+            .replace(
+                "__u16 protocol;\toffset:30;\tsize:2",
+                "__u8 protocol;\toffset:30;\tsize:1",
+            )
+            .replace("saddr[4];\toffset:32", "saddr[4];\toffset:31");
+        let e = check_state_change_layout(&old).unwrap_err().to_string();
+        assert!(e.contains("protocol at offset 30 (size 1)"), "{e}");
+        let e = check_state_change_layout(&V6_1.replace("daddr_v6", "x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no field daddr_v6"), "{e}");
+    }
+
+    #[test]
+    fn sys_exit_ret() {
+        let f = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+        check_sys_exit_layout(f).unwrap();
+        assert!(check_sys_exit_layout(&f.replace("offset:16", "offset:24")).is_err());
+    }
+}

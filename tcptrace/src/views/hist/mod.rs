@@ -1,0 +1,282 @@
+//! `tcptrace hist [INTERVAL [COUNT]]`: log2 histograms of the time sockets
+//! spend in each TCP state and in each handshake, bcc style.
+//!
+//! By default the kernel does the work (aggregate mode): it keeps each
+//! socket's timestamps in a set-associative array, measures every transition
+//! and counts it in per-CPU log2 histograms, so a connection storm never
+//! wakes us; [`KernelSink`] reads an interval's counts once it is over (see
+//! `kernel::maps`). `--exact` streams the transitions instead (as `watch`
+//! does) and keeps every value in an HdrHistogram ([`ExactSink`]), for
+//! percentiles that are not interpolated within a bucket. Both measure with
+//! the same function, [`tcptrace_common::measure`].
+
+pub mod report;
+pub mod summary;
+
+use std::{collections::HashMap, io::Write, ops::ControlFlow, time::Duration};
+
+use anyhow::Context as _;
+use tcptrace_common::{SockEntry, TcpState, measure};
+use tokio::time::Instant;
+
+use crate::{
+    host::{clock::Clock, clock::monotonic_ns, names::Names},
+    model::owner::Comm,
+    pipeline::sink::{Context, Sink, Transition},
+};
+pub use report::Report;
+pub use summary::{Group, GroupBy, Handshake, Shown, Summary};
+
+/// The shortest INTERVAL: the kernel keeps two intervals' counts (the one
+/// being written and the one being read), so we must read each before the
+/// next but one begins, and we read it `GRACE` after it ends.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long after an interval ends we read it: a program that took its
+/// timestamp just before the boundary has long finished by then.
+const GRACE: Duration = Duration::from_millis(20);
+
+/// When summaries are printed.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Every INTERVAL; `None`: one summary at the end.
+    pub interval: Option<Duration>,
+    /// Stop after this many.
+    pub count: Option<u64>,
+}
+
+impl Schedule {
+    fn done(&self, printed: u64) -> bool {
+        self.count.is_some_and(|c| printed >= c)
+    }
+}
+
+/// Aggregate mode: prints the kernel's histograms of each interval.
+pub struct KernelSink<W: Write> {
+    pub out: W,
+    pub report: Report,
+    pub by: Option<GroupBy>,
+    pub schedule: Schedule,
+    /// When the kernel's interval 0 began (its `start_ns`).
+    pub start: Instant,
+    /// The first interval not yet printed.
+    epoch: u32,
+    printed: u64,
+    measured: u64,
+}
+
+impl<W: Write> KernelSink<W> {
+    pub fn new(
+        out: W,
+        report: Report,
+        by: Option<GroupBy>,
+        schedule: Schedule,
+        start: Instant,
+    ) -> Self {
+        Self {
+            out,
+            report,
+            by,
+            schedule,
+            start,
+            epoch: 0,
+            printed: 0,
+            measured: 0,
+        }
+    }
+
+    /// Reads and prints the intervals `self.epoch..=upto`.
+    fn print(&mut self, ctx: &mut Context<'_>, upto: u32) -> anyhow::Result<()> {
+        let maps = ctx
+            .probe
+            .aggregate
+            .as_mut()
+            .context("the kernel program has no histogram maps")?;
+        let epochs = self.epoch..=upto;
+        let mut summary = Summary::default();
+        if self.by.is_some() {
+            for (key, value) in maps
+                .drain_grouped(&epochs)
+                .context("reading the kernel's histograms")?
+            {
+                let group = Group::from_key(self.by, &key);
+                if let Group::Process(Some(pid)) = group
+                    && let Some(c) = maps.comm(pid)
+                {
+                    ctx.names.learn(pid, Comm::from_kernel(c));
+                }
+                summary.add_kernel(&key, group, value);
+            }
+        } else {
+            for (kind, h) in maps
+                .totals(&epochs)
+                .context("reading the kernel's histograms")?
+            {
+                summary.add_total(kind, &h);
+            }
+        }
+        self.measured += summary.measured();
+        self.report
+            .write(&mut self.out, &summary, monotonic_ns(), ctx.names)
+            .context("writing output")?;
+        self.epoch = upto.saturating_add(1);
+        self.printed += 1;
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for KernelSink<W> {
+    fn tick(&mut self, ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
+        let Some(interval) = self.schedule.interval else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        let end = self.start + interval.saturating_mul(self.epoch.saturating_add(1)) + GRACE;
+        if Instant::now() >= end {
+            self.print(ctx, self.epoch)?;
+        }
+        Ok(if self.schedule.done(self.printed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
+
+    fn finish(&mut self, ctx: &mut Context<'_>) -> anyhow::Result<()> {
+        // The interval in progress at the stop, or the one summary.
+        if !self.schedule.done(self.printed) {
+            self.print(ctx, u32::MAX)?;
+        }
+        eprintln!(
+            "tcptrace: {} dwell times measured in the kernel",
+            self.measured
+        );
+        Ok(())
+    }
+}
+
+/// `--exact`: the stream of transitions, measured in userspace.
+pub struct ExactSink<W: Write> {
+    out: W,
+    report: Report,
+    by: Option<GroupBy>,
+    schedule: Schedule,
+    summary: Summary,
+    /// What the kernel's SOCKETS map holds in aggregate mode.
+    sockets: HashMap<u64, SockEntry>,
+    cap: usize,
+    next: Option<Instant>,
+    printed: u64,
+    /// Owners' names, taken from the transitions.
+    names: Names,
+}
+
+impl<W: Write> ExactSink<W> {
+    pub fn new(
+        out: W,
+        report: Report,
+        by: Option<GroupBy>,
+        schedule: Schedule,
+        cap: usize,
+    ) -> Self {
+        Self {
+            out,
+            report,
+            by,
+            schedule,
+            summary: Summary::default(),
+            sockets: HashMap::new(),
+            cap,
+            next: schedule.interval.map(|i| Instant::now() + i),
+            printed: 0,
+            names: Names::default(),
+        }
+    }
+
+    fn print(&mut self) -> anyhow::Result<()> {
+        let summary = std::mem::take(&mut self.summary);
+        self.printed += 1;
+        self.report
+            .write(&mut self.out, &summary, monotonic_ns(), &mut self.names)
+            .context("writing output")
+    }
+}
+
+impl<W: Write> Sink for ExactSink<W> {
+    fn transition(&mut self, t: &Transition<'_>, _clock: &Clock) -> std::io::Result<()> {
+        let ev = t.ev;
+        let group = match self.by {
+            None => Group::All,
+            Some(GroupBy::Process) => {
+                if let Some(o) = &t.owner {
+                    self.names.learn(o.pid, o.comm);
+                }
+                Group::Process(t.owner.map(|o| o.pid))
+            }
+            Some(GroupBy::Lport) => Group::Lport(t.socket.tuple.lport),
+            Some(GroupBy::Rport) => Group::Rport(t.socket.tuple.rport),
+            Some(GroupBy::Raddr) => Group::Raddr(ev.raddr),
+        };
+        let (old, new) = (ev.oldstate as u8, ev.newstate as u8);
+        let prev = self.sockets.get(&ev.skaddr).copied();
+        let measured = measure(prev.as_ref(), old, new, ev.ts_ns);
+        for (kind, ns) in measured.values() {
+            self.summary.observe(kind, group.clone(), ns);
+        }
+        if ev.newstate == TcpState::Close {
+            self.sockets.remove(&ev.skaddr);
+            return Ok(());
+        }
+        if self.sockets.len() >= self.cap
+            && !self.sockets.contains_key(&ev.skaddr)
+            && let Some(any) = self.sockets.keys().next().copied()
+        {
+            // Bounded like the kernel's table; which one goes matters little.
+            self.sockets.remove(&any);
+        }
+        self.sockets.insert(
+            ev.skaddr,
+            SockEntry {
+                skaddr: ev.skaddr,
+                entered_ns: ev.ts_ns,
+                handshake_ns: measured.handshake_ns,
+                state: new,
+                handshake: measured.handshake,
+                ..SockEntry::FREE
+            },
+        );
+        Ok(())
+    }
+
+    fn tick(&mut self, _ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
+        let (Some(interval), Some(next)) = (self.schedule.interval, self.next) else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        if Instant::now() < next {
+            return Ok(ControlFlow::Continue(()));
+        }
+        self.next = Some(next + interval);
+        self.print()?;
+        Ok(if self.schedule.done(self.printed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
+
+    fn finish(&mut self, _ctx: &mut Context<'_>) -> anyhow::Result<()> {
+        if self.schedule.done(self.printed) {
+            return Ok(());
+        }
+        self.print()
+    }
+}
+
+/// A duration of at least [`MIN_INTERVAL`], for `hist INTERVAL`.
+pub fn check_interval(d: Duration) -> Result<Duration, String> {
+    if d < MIN_INTERVAL {
+        return Err(format!(
+            "an interval of {d:?} is too short (at least {MIN_INTERVAL:?})"
+        ));
+    }
+    Ok(d)
+}

@@ -1,0 +1,474 @@
+//! The CLOSE_WAIT sockets that exist now, in every network namespace, with
+//! their holders and ages, grouped by holding process, worst first.
+//!
+//! Which sockets exist and their inodes: a dump of each namespace (see
+//! `host::netns`); who holds them: `/proc/*/fd`; how long they have been
+//! there: the traced transition into CLOSE_WAIT when there was one, else a
+//! lower bound (the time since the last ACK arrived, from `tcp_info`, or
+//! since tcptrace first saw the socket), else unknown.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use tcptrace_common::TcpState;
+
+use crate::{
+    host::{
+        cgroup::{cgroup_path_of_pid, container_id},
+        holders::{Holder, HolderIndex, process_info},
+        netns::{self, Namespace, Route},
+        sockdiag::DiagSocket,
+    },
+    model::event::{Family, endpoint},
+    model::{
+        selection::Selection,
+        socket_table::{SocketTable, Tuple},
+    },
+};
+
+/// How old a CLOSE_WAIT socket is, and how that is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Age {
+    /// Nothing tells: seen for the first time, without `tcp_info`.
+    Unknown,
+    /// At least this old: it predates what tcptrace saw.
+    AtLeast(Duration),
+    /// Measured from its traced transition into CLOSE_WAIT.
+    Exact(Duration),
+}
+
+impl Age {
+    /// The duration known, exact or a lower bound.
+    pub fn known(self) -> Option<Duration> {
+        match self {
+            Self::Unknown => None,
+            Self::AtLeast(d) | Self::Exact(d) => Some(d),
+        }
+    }
+
+    /// For ordering "oldest first": the duration known (unknown as zero).
+    fn sort_key(self) -> Duration {
+        self.known().unwrap_or_default()
+    }
+}
+
+/// One CLOSE_WAIT socket with its age and holders.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeakSocket {
+    pub tuple: Tuple,
+    pub inode: u64,
+    pub netns: u64,
+    pub age: Age,
+    /// Accepted from one of our listeners: the peer's port is ephemeral, so
+    /// the text view groups such peers by address and our listening port.
+    pub server_side: bool,
+    pub holders: Vec<Holder>,
+}
+
+impl LeakSocket {
+    pub fn peer_label(&self) -> String {
+        if self.server_side {
+            format!("{} \u{2192} :{}", self.tuple.raddr, self.tuple.lport)
+        } else {
+            endpoint(self.tuple.raddr, self.tuple.rport)
+        }
+    }
+}
+
+/// One row: a process (pid + start time, so pid reuse cannot merge two).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessLeaks {
+    pub pid: u32,
+    pub start_time: u64,
+    pub comm: String,
+    pub sockets: Vec<LeakSocket>,
+    pub fds: Option<u64>,
+    pub fd_limit: Option<u64>,
+    pub growth_1m: Option<i64>,
+    /// Short container id when the process's cgroup shows one.
+    pub container: Option<String>,
+    /// Its network namespace's inode.
+    pub netns: Option<u64>,
+    /// Whether that namespace is not tcptrace's own (a pod, a container).
+    pub other_netns: bool,
+}
+
+impl ProcessLeaks {
+    /// Open fds, fd limit and container, if the process (same start time) still runs.
+    pub fn fill_process_facts(&mut self) {
+        if let Some(info) = process_info(self.pid).filter(|i| i.start_time == self.start_time) {
+            self.fds = Some(info.open_fds);
+            self.fd_limit = info.fd_limit;
+            self.container = cgroup_path_of_pid(self.pid).and_then(|p| container_id(&p));
+        }
+    }
+
+    pub fn oldest(&self) -> Option<&LeakSocket> {
+        self.sockets.iter().max_by_key(|s| s.age.sort_key())
+    }
+
+    /// Sockets known to be at least `min_age` old (an unknown age counts
+    /// only when any age does).
+    pub fn older_than(&self, min_age: Duration) -> usize {
+        self.sockets
+            .iter()
+            .filter(|s| min_age.is_zero() || s.age.known().is_some_and(|a| a >= min_age))
+            .count()
+    }
+
+    /// (peer label, count) for the text view, most frequent first.
+    pub fn peer_labels(&self) -> Vec<(String, usize)> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for s in &self.sockets {
+            *counts.entry(s.peer_label()).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// (raddr, rport, count), most frequent first.
+    pub fn peers(&self) -> Vec<(IpAddr, u16, usize)> {
+        let mut counts: HashMap<(IpAddr, u16), usize> = HashMap::new();
+        for s in &self.sockets {
+            *counts.entry((s.tuple.raddr, s.tuple.rport)).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().map(|((a, p), n)| (a, p, n)).collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+        v
+    }
+}
+
+/// Worst first: most sockets, then oldest, then by pid.
+pub fn sort_worst_first(rows: &mut [ProcessLeaks]) {
+    rows.sort_by(|a, b| {
+        b.sockets
+            .len()
+            .cmp(&a.sockets.len())
+            .then_with(|| {
+                let age = |r: &ProcessLeaks| r.oldest().map(|s| s.age.sort_key());
+                age(b).cmp(&age(a))
+            })
+            .then(a.pid.cmp(&b.pid))
+    });
+}
+
+/// Groups sockets by holding process, worst first.
+pub fn group(sockets: Vec<LeakSocket>, own_netns: u64) -> Vec<ProcessLeaks> {
+    let mut by_proc: HashMap<(u32, u64), ProcessLeaks> = HashMap::new();
+    for s in sockets {
+        let mut holders: Vec<(u32, u64, &str, Option<u64>)> = s
+            .holders
+            .iter()
+            .map(|h| (h.pid, h.start_time, h.comm.as_str(), h.netns))
+            .collect();
+        holders.dedup_by_key(|h| (h.0, h.1));
+        if holders.is_empty() {
+            // Nobody holds a file for it (not accepted, or the holder is gone).
+            holders.push((0, 0, "?", Some(s.netns)));
+        }
+        for (pid, start_time, comm, netns) in holders {
+            by_proc
+                .entry((pid, start_time))
+                .or_insert_with(|| ProcessLeaks {
+                    pid,
+                    start_time,
+                    comm: comm.to_owned(),
+                    sockets: Vec::new(),
+                    fds: None,
+                    fd_limit: None,
+                    growth_1m: None,
+                    container: None,
+                    netns,
+                    other_netns: netns.is_some_and(|n| n != own_netns),
+                })
+                .sockets
+                .push(s.clone());
+        }
+    }
+    let mut rows: Vec<ProcessLeaks> = by_proc.into_values().collect();
+    for r in &mut rows {
+        r.sockets.sort_by(|a, b| {
+            b.age
+                .sort_key()
+                .cmp(&a.age.sort_key())
+                .then(a.tuple.lport.cmp(&b.tuple.lport))
+        });
+    }
+    sort_worst_first(&mut rows);
+    rows
+}
+
+/// Collects the CLOSE_WAIT sockets that exist now.
+pub struct Collector {
+    index: HolderIndex,
+    /// When each socket we did not see enter CLOSE_WAIT was first seen, or
+    /// its estimated entry, so its age grows from a fixed point instead of
+    /// being re-guessed; with whether that point is only when we first saw it.
+    estimates: HashMap<(u64, u64, Tuple), (u64, bool)>,
+    selection: Selection,
+    route: Route,
+    own_netns: u64,
+}
+
+impl Collector {
+    pub fn new(selection: Selection) -> anyhow::Result<Self> {
+        let mut index = HolderIndex::new();
+        // A refresh rescans on purpose; misses after it need no second scan.
+        index.set_min_full_rescan(Duration::from_secs(3600));
+        Ok(Self {
+            index,
+            estimates: HashMap::new(),
+            selection,
+            route: Route::available(),
+            own_netns: netns::own().map_err(anyhow::Error::from).map_err(|e| {
+                e.context("reading tcptrace's own network namespace (/proc/thread-self/ns/net)")
+            })?,
+        })
+    }
+
+    /// The network namespaces of the last scan.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.index.namespaces()
+    }
+
+    /// How other namespaces are read.
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// `table`: sockets whose entry into CLOSE_WAIT was traced give exact ages.
+    pub fn collect(
+        &mut self,
+        table: &SocketTable,
+        now_ns: u64,
+    ) -> anyhow::Result<Vec<ProcessLeaks>> {
+        // Traced into CLOSE_WAIT: the inode it had then names it (tuples
+        // repeat across namespaces).
+        let traced: HashMap<u64, u64> = table
+            .iter()
+            .filter(|(_, s)| s.state == TcpState::CloseWait && s.inode != 0)
+            .map(|(_, s)| (s.inode, s.since_ns))
+            .collect();
+        self.index.full_scan();
+        let states = u32::from(TcpState::mask(&[TcpState::CloseWait, TcpState::Listen]));
+        let family = self.selection.family.map(Family::af);
+        let host = netns::dump_all(&self.index.namespaces(), states, family, self.route)?;
+        for (ns, why) in &host.unreadable {
+            log::warn!("network namespace {ns}: {why}");
+        }
+        let listeners: HashSet<(u64, u16, IpAddr)> = host
+            .sockets
+            .iter()
+            .filter(|d| d.state == TcpState::Listen as u8)
+            .map(|d| (d.netns, d.sport, d.saddr))
+            .collect();
+        let listener_of = |d: &DiagSocket| {
+            host.sockets.iter().find(|l| {
+                l.state == TcpState::Listen as u8
+                    && l.netns == d.netns
+                    && l.sport == d.sport
+                    && (l.saddr == d.saddr || l.saddr.is_unspecified())
+            })
+        };
+        let mut seen = HashSet::new();
+        let mut sockets = Vec::new();
+        for d in host
+            .sockets
+            .iter()
+            .filter(|d| d.state == TcpState::CloseWait as u8)
+        {
+            if !self
+                .selection
+                .socket_passes(d.sport, d.dport, Family::from_af(d.family))
+            {
+                continue;
+            }
+            let tuple = Tuple {
+                laddr: d.saddr,
+                lport: d.sport,
+                raddr: d.daddr,
+                rport: d.dport,
+            };
+            let key = (d.netns, d.inode, tuple);
+            seen.insert(key);
+            let age = match traced.get(&d.inode).filter(|_| d.inode != 0) {
+                Some(since) => Age::Exact(Duration::from_nanos(now_ns.saturating_sub(*since))),
+                None => {
+                    // The peer's FIN carried the last ACK the socket saw.
+                    let estimate = d
+                        .info
+                        .map(|i| now_ns.saturating_sub(u64::from(i.last_ack_recv_ms) * 1_000_000));
+                    let (since, first_sight) = *self
+                        .estimates
+                        .entry(key)
+                        .or_insert((estimate.unwrap_or(now_ns), estimate.is_none()));
+                    let d = Duration::from_nanos(now_ns.saturating_sub(since));
+                    if first_sight && d.is_zero() {
+                        Age::Unknown
+                    } else {
+                        Age::AtLeast(d)
+                    }
+                }
+            };
+            let mut holders = if d.inode != 0 {
+                self.index.cached(d.inode)
+            } else {
+                Vec::new()
+            };
+            // Not accepted yet: no file; it belongs to its listener.
+            if holders.is_empty()
+                && let Some(l) = listener_of(d)
+            {
+                holders = self.index.cached(l.inode);
+            }
+            let server_side = listeners.iter().any(|&(ns, port, addr)| {
+                ns == d.netns && port == d.sport && (addr == d.saddr || addr.is_unspecified())
+            });
+            sockets.push(LeakSocket {
+                tuple,
+                inode: d.inode,
+                netns: d.netns,
+                server_side,
+                age,
+                holders,
+            });
+        }
+        self.estimates.retain(|k, _| seen.contains(k));
+        let mut rows = group(sockets, self.own_netns);
+        rows.retain(|r| {
+            self.selection
+                .owner_passes(r.pid, &crate::model::owner::Comm::new(r.comm.as_bytes()))
+        });
+        for r in &mut rows {
+            r.fill_process_facts();
+        }
+        Ok(rows)
+    }
+}
+
+/// CLOSE_WAIT counts per process over time, for the growth column.
+#[derive(Default)]
+pub struct Trend {
+    samples: HashMap<(u32, u64), VecDeque<(Instant, usize)>>,
+}
+
+impl Trend {
+    pub fn record(&mut self, rows: &mut [ProcessLeaks], now: Instant) {
+        const WINDOW: Duration = Duration::from_secs(60);
+        for r in rows.iter_mut() {
+            let q = self.samples.entry((r.pid, r.start_time)).or_default();
+            // The oldest sample at least a minute old, else the oldest we have.
+            while q.len() >= 2 && now.duration_since(q[1].0) >= WINDOW {
+                q.pop_front();
+            }
+            r.growth_1m = q.front().map(|(_, n)| r.sockets.len() as i64 - *n as i64);
+            q.push_back((now, r.sockets.len()));
+        }
+        let alive: HashSet<(u32, u64)> = rows.iter().map(|r| (r.pid, r.start_time)).collect();
+        self.samples.retain(|k, _| alive.contains(k));
+    }
+}
+
+/// Whether any process holds at least `min_count` CLOSE_WAIT sockets older than `min_age`.
+pub fn leak_found(rows: &[ProcessLeaks], min_age: Duration, min_count: u64) -> bool {
+    rows.iter()
+        .any(|r| r.older_than(min_age) as u64 >= min_count)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    pub(crate) fn sock(rport: u16, age_s: u64, holders: &[(u32, &str)]) -> LeakSocket {
+        LeakSocket {
+            tuple: Tuple {
+                laddr: Ipv4Addr::LOCALHOST.into(),
+                lport: 40000 + rport % 100,
+                raddr: Ipv4Addr::new(10, 0, 0, 5).into(),
+                rport,
+            },
+            inode: 1,
+            netns: 1,
+            age: Age::Exact(Duration::from_secs(age_s)),
+            server_side: false,
+            holders: holders
+                .iter()
+                .map(|(pid, comm)| Holder {
+                    pid: *pid,
+                    fd: 3,
+                    netns: Some(1),
+                    comm: (*comm).into(),
+                    start_time: u64::from(*pid) * 10,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn groups_by_holder_worst_first_and_counts_peers() {
+        let rows = group(
+            vec![
+                sock(61616, 5, &[(10, "java")]),
+                sock(61616, 50, &[(10, "java")]),
+                sock(5432, 1, &[(10, "java")]),
+                sock(80, 900, &[(20, "nginx")]),
+                // Inherited across fork: both processes hold it.
+                sock(443, 7, &[(30, "parent"), (31, "child")]),
+            ],
+            1,
+        );
+        let summary: Vec<(u32, usize)> = rows.iter().map(|r| (r.pid, r.sockets.len())).collect();
+        assert_eq!(summary, vec![(10, 3), (20, 1), (30, 1), (31, 1)]);
+        assert_eq!(
+            rows[0].oldest().unwrap().age,
+            Age::Exact(Duration::from_secs(50))
+        );
+        assert_eq!(
+            rows[0].peers()[0],
+            (Ipv4Addr::new(10, 0, 0, 5).into(), 61616, 2)
+        );
+        assert_eq!(rows[0].older_than(Duration::from_secs(5)), 2);
+        assert!(leak_found(&rows, Duration::from_secs(600), 1));
+        assert!(!leak_found(&rows, Duration::from_secs(1000), 1));
+        assert!(!leak_found(&rows, Duration::from_secs(5), 3));
+        assert!(!rows[0].other_netns);
+    }
+
+    #[test]
+    fn unknown_ages_count_only_when_any_age_does() {
+        let mut s = sock(80, 0, &[(10, "a")]);
+        s.age = Age::Unknown;
+        let rows = group(vec![s, sock(81, 100, &[(10, "a")])], 2);
+        assert_eq!(rows[0].older_than(Duration::ZERO), 2);
+        assert_eq!(rows[0].older_than(Duration::from_secs(1)), 1);
+        assert!(rows[0].other_netns, "namespace 1 is not tcptrace's (2)");
+    }
+
+    #[test]
+    fn unheld_sockets_are_shown_not_dropped() {
+        let rows = group(vec![sock(80, 1, &[])], 1);
+        assert_eq!((rows[0].pid, rows[0].comm.as_str()), (0, "?"));
+    }
+
+    #[test]
+    fn growth_compares_with_a_minute_ago() {
+        let mut t = Trend::default();
+        let t0 = Instant::now();
+        let mut rows = group(vec![sock(1, 1, &[(10, "a")])], 1);
+        t.record(&mut rows, t0);
+        assert_eq!(rows[0].growth_1m, None);
+        let mut rows = group(vec![sock(1, 1, &[(10, "a")]), sock(2, 1, &[(10, "a")])], 1);
+        t.record(&mut rows, t0 + Duration::from_secs(30));
+        assert_eq!(rows[0].growth_1m, Some(1));
+        let mut rows = group((1..=5).map(|p| sock(p, 1, &[(10, "a")])).collect(), 1);
+        t.record(&mut rows, t0 + Duration::from_secs(95));
+        // Compared with the 30 s sample (the newest that is >= 60 s old): 5 - 2.
+        assert_eq!(rows[0].growth_1m, Some(3));
+    }
+}
