@@ -72,6 +72,8 @@ pub struct HolderIndex {
     procs: HashMap<u32, ProcEntry>,
     /// Network namespace inode -> some of its processes, as of the last full scan.
     namespaces: HashMap<u64, Vec<u32>>,
+    /// Processes the last full scan was not allowed to read.
+    unreadable: usize,
     min_full_rescan: Duration,
     last_full_scan: Option<Instant>,
     /// Pids rescanned since the last full scan: a hint already rescanned
@@ -91,6 +93,8 @@ impl Default for HolderIndex {
 
 enum Scan {
     Gone,
+    /// Not ours to read (no CAP_SYS_PTRACE for another user's process).
+    Denied,
     /// Alive without sockets, in this network namespace.
     NoSockets(Option<u64>),
     Found(ProcEntry),
@@ -108,6 +112,7 @@ impl HolderIndex {
             by_inode: HashMap::new(),
             procs: HashMap::new(),
             namespaces: HashMap::new(),
+            unreadable: 0,
             min_full_rescan: DEFAULT_MIN_FULL_RESCAN,
             last_full_scan: None,
             recent_pid_scans: HashMap::new(),
@@ -123,6 +128,12 @@ impl HolderIndex {
     }
 
     /// (full scans done, pid rescans done).
+    /// Processes the last full scan was not allowed to read: their sockets
+    /// and namespaces are missing from it.
+    pub fn unreadable(&self) -> usize {
+        self.unreadable
+    }
+
     /// Every network namespace a process was in at the last full scan.
     pub fn namespaces(&self) -> Vec<crate::host::netns::Namespace> {
         let mut v: Vec<_> = self
@@ -173,6 +184,7 @@ impl HolderIndex {
         let mut procs = HashMap::with_capacity(self.procs.len());
         let mut namespaces = HashMap::with_capacity(self.namespaces.len());
         let mut seen = 0;
+        let mut unreadable = 0;
         loop {
             let name = match root.next_name() {
                 None => break,
@@ -193,6 +205,10 @@ impl HolderIndex {
             let scan = scan_process(root_fd, name, &mut self.stat_buf, &mut self.sockets_buf);
             let netns = match &scan {
                 Scan::Gone => None,
+                Scan::Denied => {
+                    unreadable += 1;
+                    None
+                }
                 Scan::NoSockets(netns) => *netns,
                 Scan::Found(entry) => entry.netns,
             };
@@ -215,6 +231,7 @@ impl HolderIndex {
         self.by_inode = by_inode;
         self.procs = procs;
         self.namespaces = namespaces;
+        self.unreadable = unreadable;
         seen
     }
 
@@ -237,7 +254,7 @@ impl HolderIndex {
             return false;
         };
         match scan_process(root_fd, &name, &mut self.stat_buf, &mut self.sockets_buf) {
-            Scan::Gone => false,
+            Scan::Gone | Scan::Denied => false,
             Scan::NoSockets(_) => true,
             Scan::Found(entry) => {
                 self.insert_proc(tgid, entry);
@@ -385,7 +402,11 @@ fn scan_process(
     // The stat read is the cost saved for processes without sockets; read
     // after the fds so a process that died meanwhile is dropped, not kept.
     if sockets.is_empty() {
-        return Scan::NoSockets(read_netns(pid_fd));
+        return match read_netns(pid_fd) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Scan::Denied,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Scan::Gone,
+            netns => Scan::NoSockets(netns.ok()),
+        };
     }
     if read_at(pid_fd, c"stat", stat_buf).is_err() {
         return Scan::Gone;
@@ -396,17 +417,17 @@ fn scan_process(
     Scan::Found(ProcEntry {
         comm: String::from_utf8_lossy(stat.comm).into_owned(),
         start_time: stat.start_time,
-        netns: read_netns(pid_fd),
+        netns: read_netns(pid_fd).ok(),
         via_tid,
         sockets: sockets.as_slice().to_vec(),
     })
 }
 
-/// The process's network namespace inode, from its `ns/net` link.
-fn read_netns(pid_dir: RawFd) -> Option<u64> {
-    let mut link = [0u8; LINK_BUF];
-    let target = readlink_at(pid_dir, c"ns/net", &mut link)?;
-    crate::host::netns::netns_of_link(Path::new(OsStr::from_bytes(target))).ok()
+/// The process's network namespace inode, from its `ns/net` link (whose
+/// access check is its fd table's: permission denied means both).
+fn read_netns(pid_dir: RawFd) -> io::Result<u64> {
+    let target = std::fs::read_link(format!("/proc/self/fd/{pid_dir}/ns/net"))?;
+    crate::host::netns::netns_of_link(&target)
 }
 
 /// Calls `visit(dir_fd, name)` for each entry of the process's fd table;

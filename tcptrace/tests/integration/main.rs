@@ -13,6 +13,7 @@ mod fuzz;
 mod hist;
 mod kernel_contract;
 mod leaks;
+mod netns;
 mod owners;
 mod reliability;
 mod serve;

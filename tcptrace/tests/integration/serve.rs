@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -340,45 +340,6 @@ fn prometheus_scrapes_a_close_wait_leak_and_the_duration_histograms() {
     }
 }
 
-/// Accepts `n` connections on loopback in `netns` and closes them; stays until dropped.
-struct NsServer {
-    child: Child,
-    port: u16,
-}
-
-impl NsServer {
-    fn start(netns: &str, n: usize) -> Self {
-        const SERVER: &str = "import socket, sys\n\
-            l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(64)\n\
-            print(l.getsockname()[1], flush=True)\n\
-            for _ in range(int(sys.argv[1])):\n    s, _ = l.accept(); s.close()\n\
-            sys.stdin.read()\n";
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns, "/usr/bin/python3", "-c", SERVER])
-            .arg(n.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ip netns exec python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("server said {line:?}"));
-        Self { child, port }
-    }
-}
-
-impl Drop for NsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A docker-style cgroup (`docker-<id>.scope`) under the cgroup2 mount;
 /// its processes are moved out and it is removed when dropped.
 struct DockerCgroup(String);
@@ -423,7 +384,7 @@ fn a_leak_in_a_containers_own_network_namespace_is_named_with_the_container() {
     let ns = Netns::new();
     let cgroup = DockerCgroup::new(&id);
     let serve = Serve::start(&["--interval", "0.5"]);
-    let server = NsServer::start(&ns.name, 3);
+    let server = Scenario::start_in(Some(&ns.name), "listen-close", 3, 0, "127.0.0.1");
     let leak = Scenario::start_in(Some(&ns.name), "client", 3, server.port, "127.0.0.1");
     cgroup.enter(leak.holder);
     let labels = format!(

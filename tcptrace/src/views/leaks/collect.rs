@@ -212,6 +212,7 @@ pub struct Collector {
     selection: Selection,
     route: Route,
     own_netns: u64,
+    warned_unreadable: bool,
 }
 
 impl Collector {
@@ -224,6 +225,7 @@ impl Collector {
             estimates: HashMap::new(),
             selection,
             route: Route::available(),
+            warned_unreadable: false,
             own_netns: netns::own().map_err(anyhow::Error::from).map_err(|e| {
                 e.context("reading tcptrace's own network namespace (/proc/thread-self/ns/net)")
             })?,
@@ -254,6 +256,13 @@ impl Collector {
             .map(|(_, s)| (s.inode, s.since_ns))
             .collect();
         self.index.full_scan();
+        let unreadable = self.index.unreadable();
+        if unreadable > 0 && !self.warned_unreadable {
+            eprintln!(
+                "tcptrace: warning: {unreadable} processes could not be read in /proc (another user's, without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH): the CLOSE_WAIT sockets they hold, and those of network namespaces only they are in, are missing"
+            );
+            self.warned_unreadable = true;
+        }
         let states = u32::from(TcpState::mask(&[TcpState::CloseWait, TcpState::Listen]));
         let family = self.selection.family.map(Family::af);
         let host = netns::dump_all(&self.index.namespaces(), states, family, self.route)?;

@@ -362,6 +362,15 @@ impl Netns {
             .expect("the namespace's bind mount")
             .ino()
     }
+
+    /// `ip netns exec NAME ARGS`, its output.
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
 }
 
 impl Drop for Netns {

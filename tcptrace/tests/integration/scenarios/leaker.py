@@ -8,6 +8,8 @@ Usage: leaker.py MODE N PORT [HOST]
   rlimit  like client, after lowering RLIMIT_NOFILE to N + 10
   server  listen on HOST:0 and accept N connections from ourselves, never closing
           the accepted side (the connecting side closes at once)
+  listen-close  listen on HOST:0, accept N connections and close them (the
+          peer of a `client` leak; PORT is ignored)
 Prints one JSON line {"holder": PID, "others": [PIDS], "port": PORT} once set up,
 then waits until stdin closes.
 """
@@ -94,6 +96,15 @@ elif mode == "server":
         keep.append(s)
         c.close()
     ready(os.getpid(), port=lport)
+    wait_stdin()
+elif mode == "listen-close":
+    l = socket.socket(family, socket.SOCK_STREAM)
+    l.bind((host, 0))
+    l.listen(n + 16)
+    ready(os.getpid(), port=l.getsockname()[1])
+    for _ in range(n):
+        s, _ = l.accept()
+        s.close()
     wait_stdin()
 else:
     sys.exit("unknown mode " + mode)
