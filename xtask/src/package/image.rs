@@ -25,8 +25,9 @@ const CONTAINERFILE: &str = "deploy/Containerfile";
 /// What the Containerfile sets, checked in the built image.
 const ENTRYPOINT: &[&str] = &["/usr/bin/tcptrace"];
 const CMD: &[&str] = &["serve", "--listen", "0.0.0.0:10180"];
-/// The working container the checks run in; removed after them.
-const CHECK_CONTAINER: &str = "tcptrace-image-check";
+/// The working containers the checks run in are named this and xtask's pid
+/// (two runs at once keep apart); removed after them.
+const CHECK_CONTAINER: &str = "tcptrace-image-check-";
 /// buildah prefers crun when both are installed, and Debian 12's crun refuses
 /// hybrid cgroups (v1 controllers with a v2 mount), as on this machine; runc
 /// runs on both layouts.
@@ -187,7 +188,7 @@ pub fn check(image: &Image) -> Result<()> {
     check_archive(image).context("the OCI archive")?;
     let seccomp = runtime_default_seccomp(&image.root)?;
     let container = Container::new(&image.reference, &seccomp)?;
-    check_layout(image).context("the image's files")?;
+    check_layout(image, &container).context("the image's files")?;
     eprintln!(
         "image check: entrypoint, command, files and libraries as expected ({})",
         secs(t)
@@ -289,8 +290,8 @@ fn check_archive(image: &Image) -> Result<()> {
 
 /// The image's files are exactly the staged ones, and its own dynamic loader
 /// resolves every library of the binary inside the image's root.
-fn check_layout(image: &Image) -> Result<()> {
-    let mount = output(Command::new("buildah").args(["mount", CHECK_CONTAINER]))?;
+fn check_layout(image: &Image, container: &Container) -> Result<()> {
+    let mount = output(Command::new("buildah").args(["mount", &container.name]))?;
     let mount = PathBuf::from(mount.trim());
     let result = (|| {
         let files = super::files_under(&mount)?;
@@ -315,7 +316,7 @@ fn check_layout(image: &Image) -> Result<()> {
         );
         Ok(())
     })();
-    run(Command::new("buildah").args(["umount", CHECK_CONTAINER]))?;
+    run(Command::new("buildah").args(["umount", &container.name]))?;
     result
 }
 
@@ -509,45 +510,45 @@ fn container_caps(port: &str) -> Result<u64> {
 }
 
 /// The working container the checks run in, removed on drop (also after a
-/// failed check), and first if an interrupted run left one.
+/// failed check); those that interrupted runs left are removed first.
 struct Container {
+    name: String,
     removed: bool,
 }
 
 impl Container {
     fn new(reference: &str, seccomp: &Path) -> Result<Self> {
-        let _ = Command::new("buildah")
-            .args(["rm", CHECK_CONTAINER])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let container = Self { removed: false };
+        remove_stale_containers();
+        let container = Self {
+            name: format!("{CHECK_CONTAINER}{}", std::process::id()),
+            removed: false,
+        };
         run(Command::new("buildah")
-            .args(["from", "--pull=never", "--name", CHECK_CONTAINER])
+            .args(["from", "--pull=never", "--name", &container.name])
             .arg(format!("--security-opt=seccomp={}", seccomp.display()))
             .arg(reference))?;
         Ok(container)
     }
 
-    fn command(opts: &[&str], args: &[&str]) -> Command {
+    fn command(&self, opts: &[&str], args: &[&str]) -> Command {
         let mut cmd = Command::new("buildah");
         cmd.args(["run", "--runtime", RUNTIME])
             .args(opts)
-            .args([CHECK_CONTAINER, "--", "/usr/bin/tcptrace"])
+            .args([self.name.as_str(), "--", "/usr/bin/tcptrace"])
             .args(args);
         cmd
     }
 
     /// Runs tcptrace in the container; its stdout.
     fn run(&self, opts: &[&str], args: &[&str]) -> Result<String> {
-        let mut cmd = Self::command(opts, args);
+        let mut cmd = self.command(opts, args);
         eprintln!("$ {}", cmd::display(&cmd));
         output(&mut cmd)
     }
 
     /// Starts tcptrace in the container with stdout and stderr piped.
     fn spawn(&self, opts: &[&str], args: &[&str]) -> Result<std::process::Child> {
-        let mut cmd = Self::command(opts, args);
+        let mut cmd = self.command(opts, args);
         eprintln!("$ {}", cmd::display(&cmd));
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -557,7 +558,31 @@ impl Container {
 
     fn remove(mut self) -> Result<()> {
         self.removed = true;
-        run(Command::new("buildah").args(["rm", CHECK_CONTAINER]))
+        run(Command::new("buildah").args(["rm", &self.name]))
+    }
+}
+
+/// Removes the check containers of runs whose xtask is gone.
+fn remove_stale_containers() {
+    let Some(names) = cmd::stdout(Command::new("buildah").args([
+        "containers",
+        "--noheading",
+        "--format",
+        "{{.ContainerName}}",
+    ])) else {
+        return;
+    };
+    for name in names.lines().map(str::trim) {
+        let Some(pid) = name.strip_prefix(CHECK_CONTAINER) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = Command::new("buildah")
+                .args(["rm", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -565,7 +590,7 @@ impl Drop for Container {
     fn drop(&mut self) {
         if !self.removed {
             let _ = Command::new("buildah")
-                .args(["rm", CHECK_CONTAINER])
+                .args(["rm", &self.name])
                 .stdout(Stdio::null())
                 .status();
         }
