@@ -12,39 +12,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-pub const SIGINT: i32 = 2;
-pub const SIGTERM: i32 = 15;
-const RLIMIT_NOFILE: i32 = 7;
-const SC_CLK_TCK: i32 = 2;
-
-#[repr(C)]
-struct RLimit {
-    cur: u64,
-    max: u64,
-}
-
-// The few libc calls the bench needs, declared here rather than adding a
-// dependency to xtask.
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-    fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
-    fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
-    fn sysconf(name: i32) -> i64;
-    fn signal(signum: i32, handler: usize) -> usize;
-}
-
 /// Sends `sig` to `pid`; false when the process is gone.
 pub fn send_signal(pid: u32, sig: i32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
     // SAFETY: kill(2) with a positive pid touches no memory of ours.
-    unsafe { kill(pid, sig) == 0 }
+    unsafe { libc::kill(pid, sig) == 0 }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_sigint(_sig: i32) {
+extern "C" fn on_sigint(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
@@ -53,7 +32,10 @@ extern "C" fn on_sigint(_sig: i32) {
 pub fn catch_interrupt() {
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
-        signal(SIGINT, on_sigint as *const () as usize);
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }
 
@@ -70,12 +52,15 @@ pub fn bail_if_interrupted() -> Result<()> {
 
 /// RLIMIT_NOFILE: (soft, hard).
 pub fn nofile() -> (u64, u64) {
-    let mut lim = RLimit { cur: 0, max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one struct rlimit, which `lim` is.
-    if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return (1024, 1024);
     }
-    (lim.cur, lim.max)
+    (lim.rlim_cur, lim.rlim_max)
 }
 
 /// The most files one process may open here: the hard RLIMIT_NOFILE, or
@@ -86,13 +71,13 @@ pub fn nofile_reachable() -> u64 {
     let nr_open = read_trimmed("/proc/sys/fs/nr_open")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    let probe = RLimit {
-        cur: nofile().0,
-        max: nr_open,
+    let probe = libc::rlimit {
+        rlim_cur: nofile().0,
+        rlim_max: nr_open,
     };
     // SAFETY: setrlimit reads one struct rlimit. Raising the hard limit
     // only succeeds with CAP_SYS_RESOURCE; then nr_open is reachable.
-    if hard < nr_open && unsafe { setrlimit(RLIMIT_NOFILE, &probe) } == 0 {
+    if hard < nr_open && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &probe) } == 0 {
         return nr_open;
     }
     hard.min(nr_open)
@@ -107,18 +92,18 @@ pub fn raise_nofile(want: u64) -> u64 {
     }
     let target = want.min(nofile_reachable());
     let (_, hard) = nofile();
-    let new = RLimit {
-        cur: target,
-        max: hard.max(target),
+    let new = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: hard.max(target),
     };
     // SAFETY: setrlimit reads one struct rlimit.
-    unsafe { setrlimit(RLIMIT_NOFILE, &new) };
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) };
     nofile().0
 }
 
 pub fn clk_tck() -> u64 {
     // SAFETY: sysconf has no memory effects.
-    let t = unsafe { sysconf(SC_CLK_TCK) };
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
@@ -412,7 +397,7 @@ impl Proc {
     /// SIGKILL after `grace`; returns every stderr line.
     pub fn stop(&mut self, grace: Duration) -> Vec<String> {
         if self.running() {
-            send_signal(self.pid(), SIGINT);
+            send_signal(self.pid(), libc::SIGINT);
             let deadline = Instant::now() + grace;
             while self.running() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(10));
@@ -434,7 +419,7 @@ impl Proc {
     /// Stops with SIGTERM instead (servers such as nginx).
     pub fn terminate(&mut self, grace: Duration) {
         if self.running() {
-            send_signal(self.pid(), SIGTERM);
+            send_signal(self.pid(), libc::SIGTERM);
             let deadline = Instant::now() + grace;
             while self.running() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(10));
