@@ -4,9 +4,10 @@
 //! The image is `FROM scratch` with a staged root: the release binary, the
 //! dynamic loader and exactly the libraries `ldd` names, copied from the build
 //! host. No base image can be pulled here, and a debootstrapped Debian would
-//! add a shell and ~200 packages the binary never uses, minutes to every
-//! build, and a package set to keep patched; the binary needs libc, libm and
-//! libgcc_s from the same Debian it was built on, nothing more.
+//! add a shell and a base system's packages the binary never uses, minutes to
+//! every build, and a package set to keep patched; the binary needs only the
+//! few C libraries it links (libc and libgcc_s today) from the same Debian it
+//! was built on.
 use std::fs;
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
