@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod cmd;
+mod matrix;
 mod package;
 mod setup;
 mod test;
@@ -67,6 +68,8 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Run the real-kernel integration tests in Debian's 5.10, 6.1 and 6.12 kernels under qemu
+    Matrix(matrix::MatrixArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::bench(&args),
         Task::Deb { check } => package::deb::deb(check),
         Task::Image { check } => package::image::image(check),
+        Task::Matrix(args) => matrix::matrix(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,9 @@ use anyhow::Result;
 
 use crate::{cmd, setup};
 
+/// Set to 1 to leave the kernel matrix out (it takes ~12 minutes).
+const SKIP_MATRIX: &str = "TCPTRACE_SKIP_MATRIX";
+
 pub fn test(cargo_test_args: &[OsString]) -> Result<()> {
     setup::ensure(false)?;
     // Without --workspace, clippy and test cover the default members
@@ -21,8 +24,9 @@ pub fn test(cargo_test_args: &[OsString]) -> Result<()> {
         ),
         ("tests", &["test"], cargo_test_args),
     ];
-    // One more step after these: the .deb and the image, built and checked.
-    let count = steps.len() + 1;
+    // Two more steps after these: the .deb and the image, built and checked;
+    // then the kernel matrix.
+    let count = steps.len() + 2;
     for (i, (title, args, extra)) in steps.into_iter().enumerate() {
         println!("==> xtask test [{}/{count}]: {title}", i + 1);
         cmd::run(
@@ -33,7 +37,18 @@ pub fn test(cargo_test_args: &[OsString]) -> Result<()> {
                 .args(extra),
         )?;
     }
-    eprintln!("==> xtask test [{count}/{count}]: packages (.deb and image, built and checked)");
+    eprintln!(
+        "==> xtask test [{}/{count}]: packages (.deb and image, built and checked)",
+        count - 1
+    );
     crate::package::test()?;
-    Ok(())
+    println!(
+        "==> xtask test [{count}/{count}]: kernel matrix (the kernel tests in Debian's 5.10, 6.1 and 6.12 under qemu)"
+    );
+    // For a quick local run; CI runs it.
+    if std::env::var_os(SKIP_MATRIX).is_some_and(|v| v == "1") {
+        println!("skipped: {SKIP_MATRIX}=1");
+        return Ok(());
+    }
+    crate::matrix::run(&crate::matrix::MatrixArgs::default())
 }
