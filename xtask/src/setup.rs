@@ -44,6 +44,14 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     // JSON in scripts and tests.
     "jq",
+    // The kernel matrix (`cargo xtask matrix`, last in `test`): qemu boots
+    // Debian's kernels under TCG, busybox-static is the guests' userland,
+    // objcopy (binutils) strips the binaries put in their initramfs, xz
+    // expands trixie's modules.
+    "qemu-system-x86",
+    "busybox-static",
+    "binutils",
+    "xz-utils",
     // Packages (`cargo xtask deb`, `image`, and their checks in `test`):
     // dpkg-shlibdeps (dpkg-dev), lintian, systemd-analyze (systemd: it runs
     // without systemd as PID 1), man -l (man-db); buildah builds the image
