@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{build, cmd};
 
+mod booted;
 pub mod deb;
 pub mod image;
 

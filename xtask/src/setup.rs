@@ -55,13 +55,17 @@ const APT_PACKAGES: &[&str] = &[
     // Packages (`cargo xtask deb`, `image`, and their checks in `test`):
     // dpkg-shlibdeps (dpkg-dev), lintian, systemd-analyze (systemd: it runs
     // without systemd as PID 1), man -l (man-db); buildah builds the image
-    // and runs it with runc (buildah only recommends a runtime).
+    // and runs it with runc (buildah only recommends a runtime); where
+    // systemd is not PID 1, `systemctl enable --now` is checked in a Debian
+    // made by debootstrap and booted by systemd-nspawn (systemd-container).
     "dpkg-dev",
     "lintian",
     "systemd",
     "man-db",
     "buildah",
     "runc",
+    "debootstrap",
+    "systemd-container",
 ];
 
 /// The rustup toolchain that tcptrace/build.rs builds the kernel program with.

@@ -38,7 +38,7 @@ const COMPLETIONS: [(&str, &str); 3] = [
 const MAINTAINER_NAME: &str = "tcptrace maintainers";
 const MAINTAINER_EMAIL: &str = "maintainers@users.noreply.r-seed-f3ffe293.example";
 /// The port `serve` listens on in the packaged unit.
-const SERVE_ADDR: &str = "127.0.0.1:10180";
+pub(super) const SERVE_ADDR: &str = "127.0.0.1:10180";
 
 /// `cargo xtask deb [--check]`.
 pub fn deb(check_too: bool) -> Result<()> {
@@ -314,7 +314,8 @@ fi
 
 /// Checks the .deb: its fields and files, lintian's verdict, the packaged
 /// unit under `systemd-analyze verify`, then a real install and removal on
-/// this host (with `systemctl enable --now` where systemd runs).
+/// this host, and `systemctl enable --now` on this host where systemd runs,
+/// else in a container booted with systemd-nspawn.
 pub fn check(deb: &Path) -> Result<()> {
     let start = Instant::now();
     check_info(deb).context("dpkg-deb -I")?;
@@ -327,10 +328,22 @@ pub fn check(deb: &Path) -> Result<()> {
     let t = Instant::now();
     install_and_remove(deb)?;
     eprintln!(
-        "deb check: installed, checked and removed ({}); all .deb checks passed in {}",
-        secs(t),
-        secs(start)
+        "deb check: installed, checked and removed here ({})",
+        secs(t)
     );
+    if !Path::new("/run/systemd/system").is_dir() {
+        let t = Instant::now();
+        eprintln!(
+            "deb check: systemd is not PID 1 here (no /run/systemd/system): \
+             booting a Debian container with systemd-nspawn for `systemctl enable --now`"
+        );
+        super::booted::check(deb).context("the .deb under a booted systemd (systemd-nspawn)")?;
+        eprintln!(
+            "deb check: the .deb under a booted systemd passed ({})",
+            secs(t)
+        );
+    }
+    eprintln!("deb check: all .deb checks passed in {}", secs(start));
     Ok(())
 }
 
@@ -413,8 +426,9 @@ fn lintian(deb: &Path) -> Result<()> {
 }
 
 /// `dpkg -i`, the installed files at work, `dpkg -r` and `dpkg -P` leaving
-/// nothing behind. Left out (and said so) when a tcptrace package is already
-/// installed here: the check would replace it.
+/// nothing behind, and `systemctl enable --now` where systemd is PID 1. Left
+/// out (and said so) when a tcptrace package is already installed here: the
+/// check would replace it.
 fn install_and_remove(deb: &Path) -> Result<()> {
     if let Some(status) = package_status() {
         eprintln!(
@@ -451,11 +465,6 @@ fn install_and_remove(deb: &Path) -> Result<()> {
         eprintln!(
             "deb check: systemctl enable --now tcptrace served /healthz ({})",
             secs(t)
-        );
-    } else {
-        eprintln!(
-            "deb check: systemd is not running here (no /run/systemd/system): \
-             `systemctl enable --now tcptrace` not tried"
         );
     }
     installed.remove()
@@ -601,7 +610,8 @@ fn enable_now_and_scrape() -> Result<()> {
     })
 }
 
-fn wait_healthy(timeout: Duration) -> Result<()> {
+/// Until `serve` answers /healthz with `ok`.
+pub(super) fn wait_healthy(timeout: Duration) -> Result<()> {
     let addr = SERVE_ADDR
         .to_socket_addrs()?
         .next()
