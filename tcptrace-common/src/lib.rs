@@ -81,11 +81,17 @@ pub struct StateEvent {
     /// while no file is attached (a server socket not accepted yet) or when
     /// the kernel's BTF is missing.
     pub inode: u64,
+    /// With a stack ([`StateEvent::stack_id`]): the return address found on
+    /// top of the user stack when it was taken (see [`SockStack::caller`]); 0 if none.
+    pub caller: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// The owning process (tgid), 0 when [`StateEvent::owner_source`] is
     /// [`OwnerSource::Unknown`] or owners are not tracked.
     pub owner: u32,
+    /// Transitions into CLOSE_WAIT, with stacks on: the `STACKS` id of the
+    /// user stack that opened the socket (connect or accept); -1 if none.
+    pub stack_id: i32,
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
@@ -94,13 +100,15 @@ pub struct StateEvent {
     /// An [`OwnerSource`].
     pub owner_source: u8,
     pub _pad: [u8; 3],
+    /// With a stack: the process it was taken in (its address space).
+    pub stack_pid: u32,
     /// The owner's process name (its thread-group leader's `comm`) when this
     /// transition was made by the owner itself, in process context; all zero
     /// otherwise (userspace remembers names).
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-pub const STATE_EVENT_SIZE: usize = 88;
+pub const STATE_EVENT_SIZE: usize = 104;
 const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);
 
 /// Maximum number of values each in-kernel filter list can hold.
@@ -196,9 +204,12 @@ pub struct KernelLayout {
     pub file_private_data: u32,
     /// `struct socket.sk`
     pub socket_sk: u32,
+    /// `struct pt_regs.sp`: the user stack pointer saved at the system call.
+    pub pt_regs_sp: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 56);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 64);
 
 impl KernelLayout {
     pub const UNKNOWN: u32 = u32::MAX;
@@ -217,6 +228,8 @@ impl KernelLayout {
         fdtable_max_fds: Self::UNKNOWN,
         file_private_data: Self::UNKNOWN,
         socket_sk: Self::UNKNOWN,
+        pt_regs_sp: Self::UNKNOWN,
+        _pad: 0,
     };
 }
 
@@ -314,8 +327,11 @@ pub const HIST_FULL_SLOT: u32 = 1;
 /// Index of the per-CPU `DROPS` slot counting sockets whose entry was
 /// evicted from `SOCKETS` to make room for another.
 pub const EVICTED_SLOT: u32 = 2;
+/// Index of the per-CPU `DROPS` slot counting user stacks that could not be
+/// kept (a `STACKS` bucket taken by another stack, a fault).
+pub const STACKS_LOST_SLOT: u32 = 3;
 /// Number of slots in `DROPS`.
-pub const DROPS_SLOTS: u32 = 3;
+pub const DROPS_SLOTS: u32 = 4;
 
 /// Default ring-buffer size in bytes (a power of two, multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
@@ -337,6 +353,34 @@ pub const OWNERS_BY_INODE: u32 = 2;
 /// The `INODE_OWNERS` key userspace writes once every holder found at start
 /// is in (no socket has inode 0): until then a miss is not final.
 pub const INODE_OWNERS_SEEDED: u64 = 0;
+
+/// [`Config::stacks`]: take the user stack (frame pointers) of the thread
+/// that connects or accepts each socket, kept in `STACKS`.
+pub const STACKS_ON: u32 = 1;
+/// [`Config::stacks`]: also look for the caller of the library's system-call
+/// wrapper on top of the user stack (needs `bpf_task_pt_regs`, Linux 5.15).
+pub const STACKS_CALLER: u32 = 2;
+/// Frames a `STACKS` entry holds (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const STACK_DEPTH: usize = 127;
+/// Words of the user stack searched for the caller's return address.
+pub const CALLER_SCAN_WORDS: usize = 8;
+
+/// The stack that opened a socket, per socket in `SOCKET_STACKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockStack {
+    /// Its `STACKS` id.
+    pub stack_id: i32,
+    /// The process it was taken in.
+    pub pid: u32,
+    /// A return address on top of the user stack, just after a call
+    /// instruction: the frame a frame-pointer walk skips when the system
+    /// call's library wrapper (glibc's, built without frame pointers) made
+    /// none. 0 when not found or not looked for.
+    pub caller: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<SockStack>() == 16);
 
 /// How aggregate mode splits its histograms ([`HistKey::group`]).
 pub const GROUP_NONE: u32 = 0;
@@ -389,10 +433,11 @@ pub struct Config {
     pub owners: u32,
     /// Number of sets in `SOCKETS` (a power of two; the loader sizes it).
     pub socket_sets: u32,
-    pub _pad: u32,
+    /// `STACKS_*` flags: capture the user stack that opens each socket.
+    pub stacks: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 232);
+const _: () = assert!(core::mem::size_of::<Config>() == 240);
 
 impl Config {
     pub const NONE: Self = Self {
@@ -403,7 +448,7 @@ impl Config {
         mode: MODE_STREAM,
         owners: 0,
         socket_sets: 1,
-        _pad: 0,
+        stacks: 0,
     };
 }
 
@@ -590,4 +635,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockEntry {}
     unsafe impl aya::Pod for super::KnownOwner {}
     unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::SockStack {}
 }

@@ -29,7 +29,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let learnt = owner::learn(t, cfg, streams);
     // Transitions the filters drop count nothing; they only teach owners
     // and free entries (at CLOSE), and only when owners are tracked.
-    if !passes && (learnt.is_none() || !owner::tracked(cfg)) && t.new != CLOSE {
+    if !passes && !learnt.seen && t.new != CLOSE {
         return;
     }
     // SAFETY: takes no arguments.
@@ -40,7 +40,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     // SAFETY: an array value; copied out at once (32 bytes).
     let prev = (found && !starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
     let who = if owner::tracked(cfg) {
-        owner::resolve(t, cfg, learnt.as_ref(), prev.as_ref(), passes)
+        owner::resolve(t, cfg, &learnt, prev.as_ref(), passes)
     } else {
         Owner::unknown_passing()
     };
@@ -57,7 +57,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
         }
     }
     if streams {
-        stream::emit(t, cfg, &who, learnt.as_ref());
+        stream::emit(t, cfg, &who, &learnt);
     }
     // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
     // socket's transitions, and another socket taking the entry meanwhile

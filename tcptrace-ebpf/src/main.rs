@@ -14,18 +14,19 @@ mod aggregate;
 mod kernel;
 mod owner;
 mod record;
+mod stacks;
 mod stream;
 
 use aya_ebpf::{
     Global,
     macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::TracePointContext,
 };
 use tcptrace_common::{
     Config, DEFAULT_RING_BYTES, DROPS_SLOTS, HIST_MAX_KEYS, HistKey, KnownOwner, ListenKey,
-    MODE_AGGREGATE, SOCKET_WAYS, SockEntry, TASK_COMM_LEN, TOTAL_KINDS, TRANSITION_SLOTS,
-    TotalHist,
+    MODE_AGGREGATE, SOCKET_WAYS, SockEntry, SockStack, TASK_COMM_LEN, TOTAL_KINDS,
+    TRANSITION_SLOTS, TcpState, TotalHist,
 };
 
 #[unsafe(no_mangle)]
@@ -77,12 +78,27 @@ static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_
 #[map]
 static HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(HIST_MAX_KEYS, 0);
 
+/// The user stacks that opened sockets (with stacks on), deduplicated.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+/// Socket -> the stack that opened it (with stacks on), freed at CLOSE.
+#[map]
+static SOCKET_STACKS: LruHashMap<u64, SockStack> = LruHashMap::with_max_entries(1, 0);
+
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let Some(t) = record::transition(&ctx) else {
         return 0;
     };
     let cfg = config();
+    if stacks::on(cfg) {
+        // connect() enters SYN_SENT, in the connecting thread.
+        if t.old == TcpState::Close as u8 && t.new == TcpState::SynSent as u8 {
+            stacks::capture(&ctx, t.skaddr, cfg);
+        } else if t.new == TcpState::Close as u8 {
+            stacks::forget(t.skaddr);
+        }
+    }
     let passes = record::passes(&t, &cfg.filter);
     if load(&cfg.mode) == MODE_AGGREGATE {
         aggregate::transition(&t, cfg, passes);
@@ -92,18 +108,40 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `accept4()` returned: the new file's socket is held by this process.
+/// `accept4()` returned: the new file's socket is held by this process,
+/// and this thread's stack is the one that opened it.
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    owner::accepted(&ctx, config());
+    accepted(&ctx, config());
     0
 }
 
 /// `accept()` returned (libcs call accept4, but not every program uses libc).
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    owner::accepted(&ctx, config());
+    accepted(&ctx, config());
     0
+}
+
+#[inline(always)]
+fn accepted(ctx: &TracePointContext, cfg: &Config) {
+    let (owners, stacks) = (owner::tracked(cfg), stacks::on(cfg));
+    if !owners && !stacks {
+        return;
+    }
+    let fd = record::syscall_ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    let Some(sk) = kernel::fd_sock(fd as u64, &cfg.layout) else {
+        return;
+    };
+    if owners {
+        owner::accepted(sk, cfg);
+    }
+    if stacks {
+        stacks::capture(ctx, sk, cfg);
+    }
 }
 
 /// The read-only configuration, read field by field with [`load`]: copying

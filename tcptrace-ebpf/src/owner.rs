@@ -12,10 +12,7 @@
 //!    `INODE_OWNERS`, the holders userspace found in `/proc` at start;
 //! 4. otherwise the owner is unknown, and says so.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    programs::TracePointContext,
-};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tcptrace_common::{
     Config, EVICTED_SLOT, Filter, GROUP_PROCESS, KnownOwner, ListenKey, MAX_FILTER_PIDS,
     MODE_AGGREGATE, OWNER_INODE_CHECKED, OWNER_SOURCE_MASK, OWNERS_BY_INODE, OWNERS_TRACK,
@@ -64,12 +61,27 @@ impl Owner {
     }
 }
 
-/// An owner seen making this transition, in process context.
+/// An owner seen making this transition, in process context. Every field
+/// always written (an `Option` would leave its payload undefined, which LLVM
+/// may copy and the verifier refuses to read).
 pub struct Learnt {
+    /// Whether the transition named its owner; the rest is meaningless if not.
+    pub seen: bool,
     pub tgid: u32,
     pub passes: bool,
-    /// Its process name, when asked for.
-    pub comm: Option<[u8; TASK_COMM_LEN]>,
+    /// Whether `comm` holds its process name (asked for).
+    pub named: bool,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl Learnt {
+    const NONE: Self = Self {
+        seen: false,
+        tgid: 0,
+        passes: false,
+        named: false,
+        comm: [0; TASK_COMM_LEN],
+    };
 }
 
 /// Whether owners are kept per socket (`SOCKETS` entries then hold them).
@@ -83,29 +95,31 @@ pub fn tracked(cfg: &Config) -> bool {
 /// children may pass them. `comm`: read the process name (needed to emit it,
 /// filter on it or name a group).
 #[inline(always)]
-pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Option<Learnt> {
+pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
     if !tracked(cfg) {
-        return None;
+        return Learnt::NONE;
     }
-    let state = TcpState::from_kernel(t.new)?;
+    let Some(state) = TcpState::from_kernel(t.new) else {
+        return Learnt::NONE;
+    };
     let closes_listener = t.old == LISTEN && t.new == CLOSE;
     if !state.entered_in_process_context() && !closes_listener {
-        return None;
+        return Learnt::NONE;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == 0 {
-        return None;
+        return Learnt::NONE;
     }
     let f = &cfg.filter;
     let by_comm = load(&f.has_comm) != 0;
     let group_by_process =
         load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS;
-    let name = (comm || by_comm || group_by_process).then(|| {
-        let mut c = [0u8; TASK_COMM_LEN];
-        kernel::process_comm(&cfg.layout, &mut c);
-        c
-    });
-    let passes = pid_passes(tgid, f) && (!by_comm || name.is_some_and(|c| comm_matches(&c, f)));
+    let named = comm || by_comm || group_by_process;
+    let mut name = [0u8; TASK_COMM_LEN];
+    if named {
+        kernel::process_comm(&cfg.layout, &mut name);
+    }
+    let passes = pid_passes(tgid, f) && (!by_comm || comm_matches(&name, f));
     if t.new == LISTEN || closes_listener {
         let key = ListenKey::new(kernel::socket_netns(t.skaddr, &cfg.layout), t.sport);
         if closes_listener {
@@ -113,7 +127,7 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Option<Learnt> {
             if unsafe { LISTEN_OWNERS.get(key) }.is_some_and(|o| o.tgid == tgid) {
                 let _ = LISTEN_OWNERS.remove(key);
             }
-            return None;
+            return Learnt::NONE;
         }
         let owner = KnownOwner {
             tgid,
@@ -122,14 +136,16 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Option<Learnt> {
         // Full: the oldest listener is forgotten (LRU); its children are then unknown.
         let _ = LISTEN_OWNERS.insert(key, owner, 0);
     }
-    if group_by_process && let Some(c) = &name {
-        remember_comm(tgid, c);
+    if group_by_process {
+        remember_comm(tgid, &name);
     }
-    Some(Learnt {
+    Learnt {
+        seen: true,
         tgid,
         passes,
+        named,
         comm: name,
-    })
+    }
 }
 
 /// Names `tgid` in `COMMS`; written only when the name is new (an LRU
@@ -148,17 +164,17 @@ fn remember_comm(tgid: u32, comm: &[u8; TASK_COMM_LEN]) {
 pub fn resolve(
     t: &Transition,
     cfg: &Config,
-    learnt: Option<&Learnt>,
+    learnt: &Learnt,
     entry: Option<&SockEntry>,
     full: bool,
 ) -> Owner {
     let f = &cfg.filter;
     let checked = entry.map_or(0, |e| e.owner_source & OWNER_INODE_CHECKED);
-    if let Some(l) = learnt {
+    if learnt.seen {
         return Owner {
-            tgid: l.tgid,
+            tgid: learnt.tgid,
             source: OwnerSource::Holder as u8 | checked,
-            passes: l.passes,
+            passes: learnt.passes,
         };
     }
     if let Some(e) = entry
@@ -211,19 +227,9 @@ pub fn resolve(
     }
 }
 
-/// `accept()` returned a file: its socket is held by the calling process.
+/// `accept()` returned `sk`: it is held by the calling process.
 #[inline(always)]
-pub fn accepted(ctx: &TracePointContext, cfg: &Config) {
-    if !tracked(cfg) {
-        return;
-    }
-    let fd = crate::record::syscall_ret(ctx);
-    if fd < 0 {
-        return;
-    }
-    let Some(sk) = kernel::fd_sock(fd as u64, &cfg.layout) else {
-        return;
-    };
+pub fn accepted(sk: u64, cfg: &Config) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let f = &cfg.filter;
     let by_comm = load(&f.has_comm) != 0;

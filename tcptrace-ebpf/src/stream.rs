@@ -15,6 +15,7 @@ use crate::{
 
 const CLOSE: u8 = TcpState::Close as u8;
 const SYN_RECV: u8 = TcpState::SynRecv as u8;
+const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
 
 /// A record's footprint in the ring: the event and the kernel's 8-byte header.
 const RECORD_BYTES: u64 = core::mem::size_of::<StateEvent>() as u64 + 8;
@@ -26,13 +27,13 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let learnt = owner::learn(t, cfg, emits);
     if !owner::tracked(cfg) {
         if emits {
-            emit(t, cfg, &Owner::unknown_passing(), None);
+            emit(t, cfg, &Owner::unknown_passing(), &learnt);
         }
         return;
     }
     // Owners tracked: the socket's entry keeps what was learnt. Transitions
     // that neither emit nor teach touch it only to free it.
-    if !emits && learnt.is_none() && t.new != CLOSE {
+    if !emits && !learnt.seen && t.new != CLOSE {
         return;
     }
     let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
@@ -41,7 +42,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     // SAFETY: an array value; copied out at once (32 bytes).
     let prev =
         (found && !tcptrace_common::starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
-    let who = owner::resolve(t, cfg, learnt.as_ref(), prev.as_ref(), emits);
+    let who = owner::resolve(t, cfg, &learnt, prev.as_ref(), emits);
     // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
     // socket's transitions, and another socket taking the entry meanwhile
     // (a full set, on another CPU) costs one owner, no more.
@@ -67,14 +68,14 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
         }
     }
     if emits && who.passes {
-        emit(t, cfg, &who, learnt.as_ref());
+        emit(t, cfg, &who, &learnt);
     }
 }
 
 /// Writes the event straight into the ring buffer: no stack copy. Inlined
 /// in both callers: a BPF-to-BPF call costs a return thunk here.
 #[inline(always)]
-pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: Option<&Learnt>) {
+pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt) {
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
         bump(DROPS_SLOT);
         return;
@@ -99,15 +100,25 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: Option<&Learnt>) 
         (*e).owner = if known { who.tgid } else { 0 };
         (*e).owner_source = who.source() as u8;
         (*e)._pad = [0; 3];
+        // Where a leak starts: the stack that opened the socket.
+        let stack = if t.new == CLOSE_WAIT && crate::stacks::on(cfg) {
+            crate::stacks::of(t.skaddr)
+        } else {
+            None
+        };
+        (*e).stack_id = stack.map_or(-1, |s| s.stack_id);
+        (*e).caller = stack.map_or(0, |s| s.caller);
+        (*e).stack_pid = stack.map_or(0, |s| s.pid);
         (*e).sport = t.sport;
         (*e).dport = t.dport;
         (*e).family = t.family;
         (*e).oldstate = t.old;
         (*e).newstate = t.new;
         let comm = core::ptr::addr_of_mut!((*e).comm);
-        match learnt.and_then(|l| l.comm) {
-            Some(c) => write_words(comm, bytes_to_words(&c)),
-            None => write_words(comm, [0; 4]),
+        if learnt.seen && learnt.named {
+            write_words(comm, bytes_to_words(&learnt.comm));
+        } else {
+            write_words(comm, [0; 4]);
         }
     }
     // Wake the reader once, with the record that takes the backlog over the

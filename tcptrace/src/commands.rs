@@ -6,7 +6,7 @@ use std::{io::BufWriter, path::Path, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use tcptrace_common::{
     AggregateConfig, Config, Filter, GROUP_NONE, MODE_AGGREGATE, MODE_STREAM, OWNERS_BY_INODE,
-    OWNERS_TRACK, TcpState,
+    OWNERS_TRACK, STACKS_ON, TcpState,
 };
 
 use crate::{
@@ -65,6 +65,10 @@ impl Run<'_> {
     }
 }
 
+fn stacks(on: bool) -> u32 {
+    if on { STACKS_ON } else { 0 }
+}
+
 fn probe(config: Config, tuning: &TuningArgs) -> ProbeConfig {
     ProbeConfig {
         config: Config {
@@ -88,10 +92,16 @@ fn sockets_only(selection: &Selection) -> anyhow::Result<Filter> {
 
 pub async fn watch(args: WatchArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
     let selection = args.filter.selection(&args.states);
+    let mut filter = selection.kernel_filter()?;
+    if args.stacks {
+        // The holders of a socket whose stack's process has exited.
+        filter.inode_states = TcpState::CloseWait.bit();
+    }
     let config = Config {
-        filter: selection.kernel_filter()?,
+        filter,
         mode: MODE_STREAM,
         owners: OWNERS,
+        stacks: stacks(args.stacks),
         ..Config::NONE
     };
     let stdout = std::io::stdout().lock();
@@ -99,6 +109,7 @@ pub async fn watch(args: WatchArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
         BufWriter::with_capacity(64 * 1024, stdout),
         args.json,
         args.timestamp,
+        args.stacks,
     );
     run.trace(
         probe(config, &args.tuning),
@@ -116,8 +127,10 @@ pub async fn leaks(args: LeaksArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
     let report = Report {
         json: args.json,
         min_age: args.min_age,
+        stacks: args.stacks,
     };
-    let mut collector = Collector::new(selection.clone())?;
+    let mut collector =
+        Collector::new(selection.clone(), args.stacks && !args.once && !args.check)?;
     let mut stdout = std::io::stdout().lock();
     if args.once || args.check {
         // Existing sockets only: no kernel program needed.
@@ -145,6 +158,7 @@ pub async fn leaks(args: LeaksArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
     let config = Config {
         filter,
         mode: MODE_STREAM,
+        stacks: stacks(args.stacks),
         ..Config::NONE
     };
     let clear_screen = std::io::IsTerminal::is_terminal(&stdout) && !args.json;

@@ -124,6 +124,10 @@ pub struct WatchArgs {
     /// One JSON object per line (NDJSON).
     #[arg(long)]
     pub json: bool,
+    /// Show the code that opened each socket entering CLOSE_WAIT (the user
+    /// stack of the thread that connected or accepted it).
+    #[arg(long)]
+    pub stacks: bool,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -132,6 +136,11 @@ pub struct WatchArgs {
 pub struct LeaksArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Group each process's CLOSE_WAIT sockets by the code that opened them
+    /// (the user stack of the thread that connected or accepted each one,
+    /// for sockets opened while tcptrace runs).
+    #[arg(long, conflicts_with_all = ["once", "check"])]
+    pub stacks: bool,
     /// Refresh period of the live view.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     pub interval: Duration,

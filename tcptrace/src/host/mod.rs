@@ -10,4 +10,5 @@ pub mod holders;
 pub mod names;
 pub mod netns;
 pub mod sockdiag;
+pub mod symbols;
 pub mod sys;

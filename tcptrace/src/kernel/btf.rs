@@ -109,6 +109,12 @@ pub fn layout_from(bytes: &[u8], origin: &str) -> Result<(KernelLayout, Vec<Stri
             l.sock_family,
         ) = (v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
     }
+    if let Some(v) = group(
+        "the callers of system-call wrappers in stacks (the function that opened a socket may be missing)",
+        &[("pt_regs.sp", &[("pt_regs", "sp")])],
+    ) {
+        l.pt_regs_sp = v[0];
+    }
     Ok((l, missing))
 }
 
@@ -866,7 +872,7 @@ mod tests {
             (288, 128, 64)
         );
         // The other groups are missing whole, each said in one line.
-        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert_eq!(missing.len(), 4, "{missing:?}");
         assert_eq!(got.sock_net, KernelLayout::UNKNOWN);
 
         let mut b = Builder::new();
@@ -981,6 +987,8 @@ mod tests {
             fdtable_max_fds: want("fdtable", "max_fds"),
             file_private_data: want("file", "private_data"),
             socket_sk: want("socket", "sk"),
+            pt_regs_sp: want("pt_regs", "sp"),
+            _pad: 0,
         };
         assert_eq!(got, expected);
     }

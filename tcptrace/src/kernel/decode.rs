@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tcptrace_common::{OwnerSource, STATE_EVENT_SIZE, StateEvent, TcpState};
 
 use crate::model::{
-    event::{Event, Family},
+    event::{Event, Family, StackRef},
     owner::Comm,
 };
 
@@ -60,6 +60,11 @@ pub fn from_raw(raw: &StateEvent) -> Result<Event, DecodeError> {
         owner: (owner_source != OwnerSource::Unknown).then_some(raw.owner),
         owner_source,
         comm: Comm::from_kernel(raw.comm),
+        stack: u32::try_from(raw.stack_id).ok().map(|id| StackRef {
+            id,
+            pid: raw.stack_pid,
+            caller: raw.caller,
+        }),
     })
 }
 
@@ -98,6 +103,9 @@ mod tests {
             newstate: 8,
             owner_source: OwnerSource::Holder as u8,
             _pad: [0; 3],
+            stack_id: -1,
+            stack_pid: 0,
+            caller: 0,
             comm,
         }
     }

@@ -7,13 +7,13 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::TracePoint,
 };
 use tcptrace_common::{
     Config, DROPS_SLOT, EVICTED_SLOT, GROUP_NONE, GROUP_PROCESS, HIST_FULL_SLOT, HIST_MAX_KEYS,
     KernelLayout, KnownOwner, ListenKey, MODE_AGGREGATE, OWNERS_BY_INODE, OWNERS_TRACK,
-    SOCKET_WAYS, TOTAL_KINDS, TRANSITION_SLOTS,
+    SOCKET_WAYS, STACKS_CALLER, STACKS_LOST_SLOT, STACKS_ON, TOTAL_KINDS, TRANSITION_SLOTS,
 };
 
 use crate::{
@@ -44,7 +44,15 @@ impl ProbeConfig {
     fn owners(&self) -> bool {
         self.config.owners & OWNERS_TRACK != 0
     }
+
+    fn stacks(&self) -> bool {
+        self.config.stacks & STACKS_ON != 0
+    }
 }
+
+/// Distinct user stacks `STACKS` keeps (its buckets; a stack whose bucket
+/// is taken is lost, and counted).
+const STACK_BUCKETS: u32 = 16384;
 
 pub struct Probe {
     // Keeps the programs and their links alive; dropping it detaches.
@@ -56,6 +64,8 @@ pub struct Probe {
     pub aggregate: Option<AggregateMaps>,
     /// Where owners are seeded, when they are tracked.
     pub owners: Option<OwnerMaps>,
+    /// The user stacks that opened sockets, with stacks on.
+    pub stacks: Option<StackTraceMap<MapData>>,
     /// The loaded programs' fds (owned by `_ebpf`), for their statistics.
     program_fds: Vec<RawFd>,
 }
@@ -78,8 +88,12 @@ impl Probe {
         }
         check_kernel_features()?;
         let mut config = cfg.config;
-        config.layout = kernel_layout(cfg.owners() || config.filter.inode_states != 0);
+        config.layout =
+            kernel_layout(cfg.owners() || cfg.stacks() || config.filter.inode_states != 0);
         config.socket_sets = socket_entries(cfg.max_sockets) / SOCKET_WAYS;
+        if cfg.stacks() {
+            config.stacks |= stack_callers(&config.layout);
+        }
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
         for (map, entries) in map_sizes(cfg) {
@@ -99,7 +113,7 @@ impl Probe {
             }
         }
         let mut program_fds = Vec::new();
-        if cfg.owners() {
+        if cfg.owners() || cfg.stacks() {
             attach_accept_exits(&mut ebpf, &config.layout, &mut program_fds);
         }
         program_fds.push(attach(
@@ -136,12 +150,18 @@ impl Probe {
         } else {
             None
         };
+        let stacks = if cfg.stacks() {
+            Some(StackTraceMap::try_from(take("STACKS")?)?)
+        } else {
+            None
+        };
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             drops,
             aggregate,
             owners,
+            stacks,
             program_fds,
         })
     }
@@ -166,6 +186,11 @@ impl Probe {
     /// Sockets whose entry the kernel evicted from a full `SOCKETS` set.
     pub fn evicted(&self) -> u64 {
         self.drops(EVICTED_SLOT)
+    }
+
+    /// User stacks the kernel could not keep.
+    pub fn stacks_lost(&self) -> u64 {
+        self.drops(STACKS_LOST_SLOT)
     }
 
     /// Runs of the programs the kernel skipped because a BPF program (ours or
@@ -264,6 +289,24 @@ fn kernel_layout(needed: bool) -> KernelLayout {
     }
 }
 
+/// [`STACKS_CALLER`] where the kernel can give the user stack pointer at the
+/// system call (`bpf_task_pt_regs`, Linux 5.15) and BTF says where it is.
+fn stack_callers(layout: &KernelLayout) -> u32 {
+    use aya::{
+        programs::ProgramType,
+        sys::{BpfHelper, is_helper_supported},
+    };
+    let helper = is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_task_pt_regs)
+        .unwrap_or(false);
+    if helper && layout.pt_regs_sp != KernelLayout::UNKNOWN {
+        return STACKS_CALLER;
+    }
+    eprintln!(
+        "tcptrace: warning: this kernel cannot give the user stack pointer at a system call (bpf_task_pt_regs needs Linux 5.15): the function that called the C library's connect() or accept() may be missing from stacks"
+    );
+    0
+}
+
 /// Entries of `SOCKETS` for `max_sockets` sockets: a power of two, whole sets.
 fn socket_entries(max_sockets: u32) -> u32 {
     max_sockets.clamp(SOCKET_WAYS, 1 << 30).next_power_of_two()
@@ -285,6 +328,15 @@ fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
                 cfg.ring_bytes
             } else {
                 sys::page_size()
+            },
+        ),
+        ("STACKS", if cfg.stacks() { STACK_BUCKETS } else { 1 }),
+        (
+            "SOCKET_STACKS",
+            if cfg.stacks() {
+                cfg.max_sockets.max(1)
+            } else {
+                1
             },
         ),
         (

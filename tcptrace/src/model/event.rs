@@ -55,6 +55,19 @@ pub struct Event {
     pub owner_source: OwnerSource,
     /// The owner's process name, when it made this transition itself; else empty.
     pub comm: Comm,
+    /// Into CLOSE_WAIT, with stacks on: the stack that opened the socket.
+    pub stack: Option<StackRef>,
+}
+
+/// A user stack the kernel program took, not yet symbolized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackRef {
+    /// Its id in the kernel's `STACKS`.
+    pub id: u32,
+    /// The process it was taken in.
+    pub pid: u32,
+    /// The return address found on top of it, 0 if none.
+    pub caller: u64,
 }
 
 /// Formats an endpoint the way users paste it: `1.2.3.4:80`, `[::1]:80`.
@@ -80,5 +93,6 @@ pub(crate) fn test_event(skaddr: u64, ts_ms: u64, old: TcpState, new: TcpState) 
         owner: Some(1),
         owner_source: OwnerSource::Holder,
         comm: Comm::new(b"t"),
+        stack: None,
     }
 }

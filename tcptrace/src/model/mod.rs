@@ -7,3 +7,4 @@ pub mod log2;
 pub mod owner;
 pub mod selection;
 pub mod socket_table;
+pub mod stack;

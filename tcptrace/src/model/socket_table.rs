@@ -6,7 +6,10 @@ use std::{collections::HashMap, net::IpAddr};
 
 use tcptrace_common::TcpState;
 
-use crate::model::event::{Event, Family};
+use crate::model::{
+    event::{Event, Family},
+    stack::Opened,
+};
 
 /// The 4-tuple that identifies a connected socket across tools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,6 +28,8 @@ pub struct Socket {
     pub family: Family,
     pub tuple: Tuple,
     pub inode: u64,
+    /// The code that opened it, once it entered CLOSE_WAIT with stacks on.
+    pub opened: Option<Opened>,
 }
 
 /// What one event did to the table.
@@ -73,8 +78,9 @@ impl SocketTable {
         self.sockets.get(&key)
     }
 
-    /// Applies one transition and returns the time spent in the old state.
-    pub fn apply(&mut self, ev: &Event) -> Applied {
+    /// Applies one transition and returns the time spent in the old state;
+    /// `opened`: what opened the socket, when the transition says.
+    pub fn apply(&mut self, ev: &Event, opened: Option<Opened>) -> Applied {
         let tuple = Tuple {
             laddr: ev.laddr,
             lport: ev.lport,
@@ -103,6 +109,7 @@ impl SocketTable {
             } else {
                 prev.as_ref().map_or(0, |p| p.inode)
             },
+            opened: opened.or_else(|| prev.and_then(|p| p.opened)),
         };
         if ev.newstate != TcpState::Close {
             // The key is out of the map: this evicts only when it was not
@@ -135,6 +142,13 @@ pub fn eviction_batch(ages: impl Iterator<Item = (u64, u64)>, cap: usize) -> Vec
         ages.select_nth_unstable(batch);
     }
     ages.into_iter().take(batch).map(|(_, k)| k).collect()
+}
+
+#[cfg(test)]
+impl SocketTable {
+    fn apply_test(&mut self, ev: &Event) -> Applied {
+        self.apply(ev, None)
+    }
 }
 
 fn merge_tuple(prev: Option<Tuple>, now: Tuple) -> Tuple {
@@ -176,22 +190,22 @@ mod tests {
     fn dwell_times_follow_a_lifecycle_and_close_removes() {
         let mut t = SocketTable::new(16);
         let k = 0xffff_0000_0000_0001;
-        assert_eq!(t.apply(&ev(k, 10, Close, SynSent)).dwell_ns, None);
+        assert_eq!(t.apply_test(&ev(k, 10, Close, SynSent)).dwell_ns, None);
         assert_eq!(
-            t.apply(&ev(k, 11, SynSent, Established)).dwell_ns,
+            t.apply_test(&ev(k, 11, SynSent, Established)).dwell_ns,
             Some(1_000_000)
         );
         assert_eq!(
-            t.apply(&ev(k, 311, Established, CloseWait)).dwell_ns,
+            t.apply_test(&ev(k, 311, Established, CloseWait)).dwell_ns,
             Some(300_000_000)
         );
         assert_eq!(t.get(k).unwrap().state, CloseWait);
         assert_eq!(
-            t.apply(&ev(k, 312, CloseWait, LastAck)).dwell_ns,
+            t.apply_test(&ev(k, 312, CloseWait, LastAck)).dwell_ns,
             Some(1_000_000)
         );
         assert_eq!(
-            t.apply(&ev(k, 313, LastAck, Close)).dwell_ns,
+            t.apply_test(&ev(k, 313, LastAck, Close)).dwell_ns,
             Some(1_000_000)
         );
         assert!(t.get(k).is_none());
@@ -202,21 +216,24 @@ mod tests {
     fn unseen_or_mismatched_history_gives_none() {
         let mut t = SocketTable::new(16);
         let k = 0xffff_0000_0000_0002;
-        assert_eq!(t.apply(&ev(k, 5, Established, FinWait1)).dwell_ns, None);
+        assert_eq!(
+            t.apply_test(&ev(k, 5, Established, FinWait1)).dwell_ns,
+            None
+        );
         // A lost FIN_WAIT2 event: the old state does not match what we hold.
-        assert_eq!(t.apply(&ev(k, 6, FinWait2, Close)).dwell_ns, None);
+        assert_eq!(t.apply_test(&ev(k, 6, FinWait2, Close)).dwell_ns, None);
     }
 
     #[test]
     fn address_reuse_starts_a_fresh_lifecycle() {
         let mut t = SocketTable::new(16);
         let k = 0xffff_0000_0000_0003;
-        t.apply(&ev(k, 1, Close, SynSent));
+        t.apply_test(&ev(k, 1, Close, SynSent));
         // The CLOSE was lost; the same address comes back as a new socket.
-        let a = t.apply(&ev(k, 1000, Close, Listen));
+        let a = t.apply_test(&ev(k, 1000, Close, Listen));
         assert_eq!(a.dwell_ns, None);
         // Never a negative dwell time: a timestamp going backwards gives None.
-        let b = t.apply(&ev(k, 999, Listen, Close));
+        let b = t.apply_test(&ev(k, 999, Listen, Close));
         assert_eq!(b.dwell_ns, None);
     }
 
@@ -226,19 +243,19 @@ mod tests {
         let k = 0xffff_0000_0000_0004;
         let mut first = ev(k, 1, Close, SynSent);
         first.lport = 0;
-        t.apply(&first);
-        let a = t.apply(&ev(k, 2, SynSent, Established));
+        t.apply_test(&first);
+        let a = t.apply_test(&ev(k, 2, SynSent, Established));
         assert_eq!(a.socket.tuple.lport, 5000);
         let mut late = ev(k, 3, Established, FinWait1);
         late.lport = 0;
-        assert_eq!(t.apply(&late).socket.tuple.lport, 5000);
+        assert_eq!(t.apply_test(&late).socket.tuple.lport, 5000);
     }
 
     #[test]
     fn bounded_with_evictions_counted_oldest_first() {
         let mut t = SocketTable::new(32);
         for i in 0..100u64 {
-            t.apply(&ev(0xffff_0000_0001_0000 + i, i, Close, SynSent));
+            t.apply_test(&ev(0xffff_0000_0001_0000 + i, i, Close, SynSent));
         }
         assert!(t.len() <= 32, "{}", t.len());
         assert_eq!(t.evicted() as usize + t.len(), 100);

@@ -11,6 +11,7 @@ use crate::{
         event::Event,
         owner::Owner,
         socket_table::{Socket, SocketTable},
+        stack::Opened,
     },
 };
 
@@ -23,6 +24,13 @@ pub struct Transition<'a> {
     pub socket: &'a Socket,
     /// Who owns it, named; `None` when the kernel does not know.
     pub owner: Option<Owner>,
+}
+
+impl Transition<'_> {
+    /// The code that opened the socket (into CLOSE_WAIT, with stacks on).
+    pub fn opened(&self) -> Option<&Opened> {
+        self.socket.opened.as_ref()
+    }
 }
 
 /// What a subcommand does with the trace. Every method has a default, so a
@@ -71,6 +79,8 @@ pub struct Stats {
     pub missed: u64,
     /// Histogram updates the kernel dropped (its grouping map was full).
     pub dropped: u64,
+    /// User stacks the kernel could not keep (with stacks on).
+    pub stacks_lost: u64,
 }
 
 impl Stats {
@@ -83,6 +93,9 @@ impl Stats {
         );
         if self.undecodable > 0 {
             s.push_str(&format!(", {} undecodable", self.undecodable));
+        }
+        if self.stacks_lost > 0 {
+            s.push_str(&format!(", {} stacks lost", self.stacks_lost));
         }
         s
     }

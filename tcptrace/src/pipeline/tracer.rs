@@ -6,19 +6,22 @@
 use std::{io, ops::ControlFlow, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, RingBuf, StackTraceMap};
+use tcptrace_common::TcpState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
-    host::{clock::Clock, names::Names},
+    host::{clock::Clock, holders::HolderIndex, names::Names, symbols::Symbolizer},
     kernel::{
         decode,
         loader::{Probe, ProbeConfig},
     },
-    model::{event::Event, owner::Owner, selection::Selection, socket_table::SocketTable},
+    model::{
+        event::Event, owner::Owner, selection::Selection, socket_table::SocketTable, stack::Opened,
+    },
     pipeline::{
         seed,
         sink::{Context, Sink, Stats, Transition},
@@ -36,6 +39,8 @@ pub struct Tracer {
     probe: Probe,
     table: SocketTable,
     names: Names,
+    /// Names the stacks that opened sockets, with stacks on.
+    stacks: Option<Stacks>,
     clock: Clock,
     stats: Stats,
     /// What was last reported, so warnings say what is new.
@@ -56,10 +61,16 @@ impl Tracer {
             let seeded = seed::owners(maps, selection, &mut names)?;
             log::debug!("owners seeded: {seeded:?}");
         }
+        let stacks = probe.stacks.take().map(|map| Stacks {
+            map,
+            symbolizer: Symbolizer::default(),
+            holders: HolderIndex::new(),
+        });
         Ok(Self {
             probe,
             table: SocketTable::new(max_sockets),
             names,
+            stacks,
             clock: Clock::new(),
             stats: Stats::default(),
             warned: Stats::default(),
@@ -76,6 +87,7 @@ impl Tracer {
             evicted: self.table.evicted() + self.probe.evicted(),
             missed: self.probe.missed(),
             dropped: self.probe.hist_full(),
+            stacks_lost: self.probe.stacks_lost(),
             ..self.stats
         }
     }
@@ -220,7 +232,13 @@ impl Tracer {
     }
 
     fn handle(&mut self, ev: &Event, sink: &mut dyn Sink) -> io::Result<()> {
-        let applied = self.table.apply(ev);
+        let opened = match &mut self.stacks {
+            Some(stacks) if ev.newstate == TcpState::CloseWait => {
+                Some(stacks.opened(ev, self.probe.stacks_lost()))
+            }
+            _ => None,
+        };
+        let applied = self.table.apply(ev, opened);
         // The kernel decided the owner; a name it read with it is the freshest.
         let owner = ev.owner.map(|pid| {
             if !ev.comm.is_empty() {
@@ -241,6 +259,51 @@ impl Tracer {
             },
             &self.clock,
         )
+    }
+}
+
+/// The stacks the kernel took, named.
+struct Stacks {
+    map: StackTraceMap<MapData>,
+    symbolizer: Symbolizer,
+    /// The holders of a socket whose stack's process is gone: a child it
+    /// forked shares its memory layout.
+    holders: HolderIndex,
+}
+
+impl Stacks {
+    /// What opened the socket of this transition into CLOSE_WAIT. `lost`:
+    /// the stacks the kernel could not keep so far.
+    fn opened(&mut self, ev: &Event, lost: u64) -> Opened {
+        let Some(r) = ev.stack else {
+            return Opened::Unknown(if lost == 0 {
+                "opened before tcptrace started"
+            } else {
+                "opened before tcptrace started, or its stack was not kept"
+            });
+        };
+        let ips: Vec<u64> = match self.map.get(&r.id, 0) {
+            Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
+            Err(e) => {
+                log::debug!("stack {}: {e}", r.id);
+                return Opened::Unknown("its stack was not kept");
+            }
+        };
+        // The process it was taken in, else one with its memory layout:
+        // the owner, or a holder (a child it forked before exiting).
+        let mut pids = vec![r.pid];
+        pids.extend(ev.owner);
+        for pid in pids {
+            if let Some(s) = self.symbolizer.stack(pid, &ips, r.caller) {
+                return Opened::By(s);
+            }
+        }
+        for h in self.holders.holders(ev.inode, None) {
+            if let Some(s) = self.symbolizer.stack(h.pid, &ips, r.caller) {
+                return Opened::By(s);
+            }
+        }
+        Opened::Unknown("the process that opened it exited before its stack could be named")
     }
 }
 

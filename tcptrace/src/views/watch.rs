@@ -19,6 +19,8 @@ pub struct WatchSink<W: Write> {
     out: W,
     json: bool,
     wall_clock: bool,
+    /// Show what opened each socket entering CLOSE_WAIT.
+    stacks: bool,
     header_done: bool,
     /// The line being built.
     line: Vec<u8>,
@@ -27,11 +29,12 @@ pub struct WatchSink<W: Write> {
 }
 
 impl<W: Write> WatchSink<W> {
-    pub fn new(out: W, json: bool, wall_clock: bool) -> Self {
+    pub fn new(out: W, json: bool, wall_clock: bool, stacks: bool) -> Self {
         Self {
             out,
             json,
             wall_clock,
+            stacks,
             header_done: false,
             line: Vec::with_capacity(256),
             time_cache: SecondText::default(),
@@ -84,6 +87,10 @@ impl<W: Write> WatchSink<W> {
         l.extend_from_slice(b"\",\"ms\":");
         // serde_json's float text (and `null` for None), exactly.
         serde_json::to_writer(&mut *l, &t.dwell_ns.map(ms))?;
+        if let Some(opened) = t.opened().filter(|_| self.stacks) {
+            l.extend_from_slice(b",\"stack\":");
+            serde_json::to_writer(&mut *l, opened)?;
+        }
         l.extend_from_slice(b"}\n");
         Ok(())
     }
@@ -143,6 +150,9 @@ impl<W: Write> WatchSink<W> {
         pad(l, written, 10);
         l[start..].rotate_right(10usize.saturating_sub(written));
         l.push(b'\n');
+        if let Some(opened) = t.opened().filter(|_| self.stacks) {
+            writeln!(l, "    opened at {}", opened.summary(STACK_CALLERS))?;
+        }
         Ok(())
     }
 }
@@ -166,6 +176,9 @@ impl<W: Write> Sink for WatchSink<W> {
         self.out.flush()
     }
 }
+
+/// Callers shown after the function that opened a socket (text).
+const STACK_CALLERS: usize = 3;
 
 /// How the owner is known: `holder`, `listener` or `unknown`.
 fn owner_name(owner: &Option<Owner>) -> &'static str {
@@ -432,6 +445,7 @@ mod tests {
                 rport: 2,
             },
             inode: 0,
+            opened: None,
         };
         let owner = |pid, comm: &str, source| {
             Some(Owner {
@@ -458,7 +472,7 @@ mod tests {
             Some(u64::MAX),
         ];
         for (json, wall_clock) in [(true, false), (false, false), (false, true)] {
-            let mut sink = WatchSink::new(Vec::new(), json, wall_clock);
+            let mut sink = WatchSink::new(Vec::new(), json, wall_clock, false);
             let mut want = String::new();
             for (k, ev) in events(crate::host::clock::monotonic_ns())
                 .iter()

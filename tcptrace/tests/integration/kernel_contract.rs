@@ -53,6 +53,8 @@ fn every_member_the_program_follows_is_in_this_kernels_btf() {
         fdtable_max_fds,
         file_private_data,
         socket_sk,
+        pt_regs_sp,
+        _pad,
     } = layout;
     for v in [
         sock_sk_socket,
@@ -69,6 +71,7 @@ fn every_member_the_program_follows_is_in_this_kernels_btf() {
         fdtable_max_fds,
         file_private_data,
         socket_sk,
+        pt_regs_sp,
     ] {
         assert!(v < 16384, "{layout:?}");
     }

@@ -26,6 +26,7 @@ use crate::{
     model::{
         selection::Selection,
         socket_table::{SocketTable, Tuple},
+        stack::Opened,
     },
 };
 
@@ -66,6 +67,8 @@ pub struct LeakSocket {
     /// the text view groups such peers by address and our listening port.
     pub server_side: bool,
     pub holders: Vec<Holder>,
+    /// The code that opened it, with stacks on.
+    pub opened: Option<Opened>,
 }
 
 impl LeakSocket {
@@ -128,6 +131,20 @@ impl ProcessLeaks {
         let mut v: Vec<_> = counts.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v
+    }
+
+    /// The code that opened its sockets, with how many each: most first.
+    pub fn opened_by(&self) -> Vec<(&Opened, usize)> {
+        let mut counts: Vec<(&Opened, usize)> = Vec::new();
+        for s in &self.sockets {
+            let Some(o) = &s.opened else { continue };
+            match counts.iter_mut().find(|(k, _)| *k == o) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((o, 1)),
+            }
+        }
+        counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        counts
     }
 
     /// (raddr, rport, count), most frequent first.
@@ -213,10 +230,12 @@ pub struct Collector {
     route: Route,
     own_netns: u64,
     warned_unreadable: bool,
+    /// Stacks are taken: say what opened each socket.
+    stacks: bool,
 }
 
 impl Collector {
-    pub fn new(selection: Selection) -> anyhow::Result<Self> {
+    pub fn new(selection: Selection, stacks: bool) -> anyhow::Result<Self> {
         let mut index = HolderIndex::new();
         // A refresh rescans on purpose; misses after it need no second scan.
         index.set_min_full_rescan(Duration::from_secs(3600));
@@ -226,6 +245,7 @@ impl Collector {
             selection,
             route: Route::available(),
             warned_unreadable: false,
+            stacks,
             own_netns: netns::own().map_err(anyhow::Error::from).map_err(|e| {
                 e.context("reading tcptrace's own network namespace (/proc/thread-self/ns/net)")
             })?,
@@ -250,10 +270,10 @@ impl Collector {
     ) -> anyhow::Result<Vec<ProcessLeaks>> {
         // Traced into CLOSE_WAIT: the inode it had then names it (tuples
         // repeat across namespaces).
-        let traced: HashMap<u64, u64> = table
+        let traced: HashMap<u64, (u64, Option<&Opened>)> = table
             .iter()
             .filter(|(_, s)| s.state == TcpState::CloseWait && s.inode != 0)
-            .map(|(_, s)| (s.inode, s.since_ns))
+            .map(|(_, s)| (s.inode, (s.since_ns, s.opened.as_ref())))
             .collect();
         self.index.full_scan();
         let unreadable = self.index.unreadable();
@@ -304,8 +324,13 @@ impl Collector {
             };
             let key = (d.netns, d.inode, tuple);
             seen.insert(key);
-            let age = match traced.get(&d.inode).filter(|_| d.inode != 0) {
-                Some(since) => Age::Exact(Duration::from_nanos(now_ns.saturating_sub(*since))),
+            let traced = traced.get(&d.inode).filter(|_| d.inode != 0);
+            let opened = self.stacks.then(|| match traced {
+                Some((_, Some(o))) => (*o).clone(),
+                _ => Opened::Unknown("in CLOSE_WAIT before tcptrace started"),
+            });
+            let age = match traced {
+                Some((since, _)) => Age::Exact(Duration::from_nanos(now_ns.saturating_sub(*since))),
                 None => {
                     // The peer's FIN carried the last ACK the socket saw.
                     let estimate = d
@@ -344,6 +369,7 @@ impl Collector {
                 server_side,
                 age,
                 holders,
+                opened,
             });
         }
         self.estimates.retain(|k, _| seen.contains(k));
@@ -406,6 +432,7 @@ pub(crate) mod tests {
             netns: 1,
             age: Age::Exact(Duration::from_secs(age_s)),
             server_side: false,
+            opened: None,
             holders: holders
                 .iter()
                 .map(|(pid, comm)| Holder {

@@ -8,6 +8,7 @@ use std::{
 use serde::Serialize;
 
 use super::collect::{Age, ProcessLeaks};
+use crate::model::stack::Opened;
 
 pub const HINT: &str = "hint: CLOSE_WAIT = the peer closed and the local process has not called close(); \
 only the application can end it (TCP keepalive does not reap it): fix the code path that \
@@ -54,7 +55,7 @@ struct JsonPeer {
 }
 
 #[derive(Serialize)]
-struct JsonSocket {
+struct JsonSocket<'a> {
     laddr: String,
     lport: u16,
     raddr: String,
@@ -63,6 +64,15 @@ struct JsonSocket {
     age_s: Option<f64>,
     /// A lower bound: older than tcptrace's view of it.
     age_estimated: bool,
+    /// With --stacks: the code that opened it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a Opened>,
+}
+
+#[derive(Serialize)]
+struct JsonStack<'a> {
+    count: usize,
+    stack: &'a Opened,
 }
 
 #[derive(Serialize)]
@@ -77,13 +87,21 @@ struct JsonRow<'a> {
     fds: Option<u64>,
     fd_limit: Option<u64>,
     peers: Vec<JsonPeer>,
-    sockets: Vec<JsonSocket>,
+    sockets: Vec<JsonSocket<'a>>,
+    /// With --stacks: the code that opened the sockets, most sockets first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stacks: Option<Vec<JsonStack<'a>>>,
 }
 
 pub struct Report {
     pub json: bool,
     pub min_age: Duration,
+    /// Say what opened the sockets (their stacks are taken).
+    pub stacks: bool,
 }
+
+/// Callers shown after the function that opened sockets (text).
+const STACK_CALLERS: usize = 3;
 
 impl Report {
     pub fn write(
@@ -95,7 +113,7 @@ impl Report {
     ) -> io::Result<()> {
         if self.json {
             for r in rows {
-                serde_json::to_writer(&mut *out, &json_row(r, time))?;
+                serde_json::to_writer(&mut *out, &json_row(r, time, self.stacks))?;
                 out.write_all(b"\n")?;
             }
             return out.flush();
@@ -144,6 +162,15 @@ impl Report {
                 fds,
                 peers.join(", ")
             )?;
+            if self.stacks {
+                for (opened, n) in r.opened_by() {
+                    writeln!(
+                        out,
+                        "    {n:>6} opened at {}",
+                        opened.summary(STACK_CALLERS)
+                    )?;
+                }
+            }
         }
         writeln!(
             out,
@@ -154,7 +181,7 @@ impl Report {
     }
 }
 
-fn json_row<'a>(r: &'a ProcessLeaks, time: &'a str) -> JsonRow<'a> {
+fn json_row<'a>(r: &'a ProcessLeaks, time: &'a str, stacks: bool) -> JsonRow<'a> {
     JsonRow {
         time,
         pid: r.pid,
@@ -187,8 +214,15 @@ fn json_row<'a>(r: &'a ProcessLeaks, time: &'a str) -> JsonRow<'a> {
                 rport: s.tuple.rport,
                 age_s: s.age.known().map(|d| d.as_secs_f64()),
                 age_estimated: !matches!(s.age, Age::Exact(_)),
+                stack: s.opened.as_ref().filter(|_| stacks),
             })
             .collect(),
+        stacks: stacks.then(|| {
+            r.opened_by()
+                .into_iter()
+                .map(|(stack, count)| JsonStack { count, stack })
+                .collect()
+        }),
     }
 }
 
@@ -218,6 +252,7 @@ mod tests {
         Report {
             json: false,
             min_age: Duration::from_secs(60),
+            stacks: false,
         }
         .write(&mut buf, &rows, "T", Some(0))
         .unwrap();
@@ -230,6 +265,7 @@ mod tests {
         Report {
             json: true,
             min_age: Duration::ZERO,
+            stacks: false,
         }
         .write(&mut buf, &rows, "T", None)
         .unwrap();
