@@ -143,7 +143,7 @@ fn need_root(root: bool, what: &str) -> Result<()> {
 }
 
 fn apt_packages(root: bool) -> Result<Outcome> {
-    let missing = missing_packages();
+    let missing = missing_packages(APT_PACKAGES);
     if missing.is_empty() {
         return Ok(Outcome::Present(format!(
             "all {} installed",
@@ -151,6 +151,14 @@ fn apt_packages(root: bool) -> Result<Outcome> {
         )));
     }
     need_root(root, &format!("install {}", missing.join(" ")))?;
+    apt_install(&missing)?;
+    Ok(Outcome::Installed(missing.join(" ")))
+}
+
+/// Installs `packages` (apt-get update, then install without recommends),
+/// keeping their services from starting; an error unless all are installed
+/// after. Also for what only the bench needs (not in [`APT_PACKAGES`]).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     {
         let _no_services = NoServiceStarts::new()?;
         cmd::run(Command::new("apt-get").arg("update"))?;
@@ -158,23 +166,23 @@ fn apt_packages(root: bool) -> Result<Outcome> {
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .args(["install", "-y", "--no-install-recommends"])
-                .args(&missing),
+                .args(packages),
         )?;
     }
-    let still = missing_packages();
+    let still = missing_packages(packages);
     if !still.is_empty() {
         bail!("apt-get install left {} uninstalled", still.join(" "));
     }
-    Ok(Outcome::Installed(missing.join(" ")))
+    Ok(())
 }
 
-/// The packages of [`APT_PACKAGES`] that dpkg does not list as installed.
-fn missing_packages() -> Vec<&'static str> {
+/// The packages of `packages` that dpkg does not list as installed.
+pub fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
     // One dpkg-query for all: it prints the known ones and exits 1 if any is
     // unknown, so its status says nothing here.
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package}\t${Status}\n"])
-        .args(APT_PACKAGES)
+        .args(packages)
         .output();
     let listed = out
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -185,7 +193,7 @@ fn missing_packages() -> Vec<&'static str> {
         .filter(|(_, status)| status.trim() == "install ok installed")
         .map(|(package, _)| package)
         .collect();
-    APT_PACKAGES
+    packages
         .iter()
         .copied()
         .filter(|p| !installed.contains(p))
