@@ -44,6 +44,9 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     // JSON in scripts and tests.
     "jq",
+    // The leak-provenance tests build a Go program that leaks (Go keeps
+    // frame pointers by default).
+    "golang-go",
     // The kernel matrix (`cargo xtask matrix`, last in `test`): qemu boots
     // Debian's kernels under TCG, busybox-static is the guests' userland,
     // objcopy (binutils) strips the binaries put in their initramfs, xz

@@ -49,10 +49,13 @@ const PLUMBING: &[&str] = &[
     "core::",
     "alloc::",
     "<std::",
+    "<core::",
+    "<alloc::",
     "syscall.",
     "internal/",
     "net.",
     "runtime.",
+    "runtime/",
 ];
 
 impl Frame {
@@ -85,16 +88,14 @@ fn basename(path: &str) -> &str {
 }
 
 impl Stack {
-    /// Where the program opened the socket, then its callers:
+    /// Where the program opened the socket, then its callers, the C
+    /// library's and runtimes' own frames left out:
     /// `open_broker_connection (client.c:14) <- reconnect_loop <- main`.
     pub fn summary(&self, callers: usize) -> String {
-        let first = self
+        let mut parts: Vec<String> = self
             .frames
             .iter()
-            .position(|f| !f.is_plumbing())
-            .unwrap_or(0);
-        let mut parts: Vec<String> = self.frames[first..]
-            .iter()
+            .filter(|f| !f.is_plumbing())
             .take(callers + 1)
             .enumerate()
             .map(|(i, f)| {
@@ -106,7 +107,12 @@ impl Stack {
             })
             .collect();
         if parts.is_empty() {
-            parts.push("??".to_owned());
+            // Only the library's frames: show where it was entered.
+            parts.push(
+                self.frames
+                    .first()
+                    .map_or_else(|| "??".to_owned(), Frame::label),
+            );
         }
         let mut s = parts.join(" <- ");
         if let Some(why) = &self.incomplete {
@@ -139,11 +145,11 @@ impl Serialize for Opened {
 }
 
 impl Opened {
-    /// The summary, or what is missing.
+    /// `opened at <summary>`, or `with no stack: <why>`.
     pub fn summary(&self, callers: usize) -> String {
         match self {
-            Self::By(s) => s.summary(callers),
-            Self::Unknown(why) => format!("({why})"),
+            Self::By(s) => format!("opened at {}", s.summary(callers)),
+            Self::Unknown(why) => format!("with no stack: {why}"),
         }
     }
 }

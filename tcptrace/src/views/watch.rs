@@ -151,7 +151,7 @@ impl<W: Write> WatchSink<W> {
         l[start..].rotate_right(10usize.saturating_sub(written));
         l.push(b'\n');
         if let Some(opened) = t.opened().filter(|_| self.stacks) {
-            writeln!(l, "    opened at {}", opened.summary(STACK_CALLERS))?;
+            writeln!(l, "    {}", opened.summary(STACK_CALLERS))?;
         }
         Ok(())
     }

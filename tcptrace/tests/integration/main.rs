@@ -17,4 +17,5 @@ mod netns;
 mod owners;
 mod reliability;
 mod serve;
+mod stacks;
 mod watch;

@@ -164,11 +164,7 @@ impl Report {
             )?;
             if self.stacks {
                 for (opened, n) in r.opened_by() {
-                    writeln!(
-                        out,
-                        "    {n:>6} opened at {}",
-                        opened.summary(STACK_CALLERS)
-                    )?;
+                    writeln!(out, "    {n:>6} {}", opened.summary(STACK_CALLERS))?;
                 }
             }
         }
