@@ -16,6 +16,7 @@ mod profile;
 mod report;
 mod scale;
 mod soak;
+mod stats;
 mod storm;
 mod sys;
 mod tracers;
@@ -424,23 +425,28 @@ fn measure(
     if let Some(s) = &stopped.scrapes {
         notes.push(format!("{} scrapes ok, {} failed", s.ok, s.failed));
     }
-    if let Some((_, _, evicted)) = stopped.summary
-        && evicted > 0
-    {
-        notes.push(format!("{evicted} evicted"));
-    }
-    if config.is_tcptrace() && stopped.events().is_none() {
-        notes.push(format!(
-            "no summary line on exit ({})",
-            tracers::tail(&stopped.lines)
-        ));
+    match &stopped.stats {
+        Some(Ok(s)) => {
+            for (n, what) in [
+                (s.evicted, "evicted"),
+                (s.missed, "missed"),
+                (s.undecodable, "undecodable"),
+                (s.dropped, "histogram updates dropped"),
+            ] {
+                if n > 0 {
+                    notes.push(format!("{n} {what}"));
+                }
+            }
+        }
+        Some(Err(e)) => notes.push(format!("{e} ({})", tracers::tail(&stopped.lines))),
+        None => {}
     }
     Ok((
         Measured {
             conns: run.conns_per_sec,
             load_errors: run.errors,
             cpu_us_per_event,
-            events_reported: stopped.events(),
+            events_reported: stopped.events(config),
             lost: stopped.lost(config),
             peak_rss_kib: hwm,
             note: (!notes.is_empty()).then(|| notes.join("; ")),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use super::stats::StatsFile;
 use super::sys::{self, Proc};
 use super::tracers::{self, Poker, Tools};
 
@@ -83,7 +84,7 @@ fn attach_times(tools: &Tools, repeats: usize) -> Result<Vec<Duration>> {
     let mut times = Vec::new();
     for _ in 0..repeats {
         sys::bail_if_interrupted()?;
-        let mut proc = watch(tools)?;
+        let mut proc = watch(tools, None)?;
         let at = proc.wait_line("attached", Duration::from_secs(30));
         let lines = proc.stop(Duration::from_secs(10));
         times.push(at.with_context(|| format!("never attached: {}", tracers::tail(&lines)))?);
@@ -101,17 +102,17 @@ fn attach_times(tools: &Tools, repeats: usize) -> Result<Vec<Duration>> {
     Ok(times)
 }
 
-fn watch(tools: &Tools) -> Result<Proc> {
-    Proc::spawn(
-        "tcptrace watch",
-        Command::new(&tools.tcptrace)
-            .arg("watch")
-            .stdout(Stdio::null()),
-    )
+fn watch(tools: &Tools, stats: Option<&StatsFile>) -> Result<Proc> {
+    let mut cmd = Command::new(&tools.tcptrace);
+    if let Some(stats) = stats {
+        cmd.args(stats.args());
+    }
+    Proc::spawn("tcptrace watch", cmd.arg("watch").stdout(Stdio::null()))
 }
 
 fn tracked(tools: &Tools, poker: &Poker) -> Result<Tracked> {
-    let mut proc = watch(tools)?;
+    let stats_file = StatsFile::new();
+    let mut proc = watch(tools, Some(&stats_file))?;
     if proc
         .wait_line("attached", Duration::from_secs(30))
         .is_none()
@@ -135,7 +136,7 @@ fn tracked(tools: &Tools, poker: &Poker) -> Result<Tracked> {
     let rss_kib = sys::status_kib(pid, "VmRSS").context("VmRSS")?;
     let hwm_kib = sys::status_kib(pid, "VmHWM").context("VmHWM")?;
     // A second tracer that finds the sockets already there.
-    let (seeded_attach, seeded_hwm_kib) = match watch(tools) {
+    let (seeded_attach, seeded_hwm_kib) = match watch(tools, None) {
         Ok(mut second) => {
             let at = second.wait_line("attached", Duration::from_secs(60));
             if at.is_some() {
@@ -147,8 +148,8 @@ fn tracked(tools: &Tools, poker: &Poker) -> Result<Tracked> {
         }
         Err(_) => (None, None),
     };
-    let lines = proc.stop(Duration::from_secs(15));
-    let summary = sys::parse_summary(&lines);
+    proc.stop(Duration::from_secs(15));
+    let stats = stats_file.read().ok();
     let sockets = helpers.sockets;
     drop(helpers);
     Ok(Tracked {
@@ -156,9 +157,9 @@ fn tracked(tools: &Tools, poker: &Poker) -> Result<Tracked> {
         rss_idle_kib,
         rss_kib,
         hwm_kib,
-        events: summary.map(|s| s.0),
-        lost: summary.map(|s| s.1),
-        evicted: summary.map(|s| s.2),
+        events: stats.map(|s| s.events),
+        lost: stats.map(|s| s.lost),
+        evicted: stats.map(|s| s.evicted),
         open_secs,
         seeded_attach,
         seeded_hwm_kib,

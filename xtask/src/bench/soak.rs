@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use super::report::thousands;
+use super::stats::{RunStats, StatsFile};
 use super::storm::StormRun;
 use super::sys::{self, Held, Proc};
 use super::tracers::{self, Poker, Tools};
@@ -76,9 +77,8 @@ pub struct Soak {
     pub exited_early: bool,
     pub exit: String,
     pub stop_took: Duration,
-    pub summary_line: Option<String>,
-    pub summary: Option<(u64, u64, u64)>,
-    pub missed: Option<u64>,
+    /// What it wrote to `--stats-json` at exit.
+    pub stats: Option<RunStats>,
     pub warnings: Vec<String>,
     /// Every BPF object the tracer held at any sample.
     pub held: Held,
@@ -91,7 +91,7 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
     let tools = Tools::find(tcptrace.to_path_buf());
     let machine = super::machine(&tools);
     // Run counts prove the tracer attached, and count the state changes.
-    let stats = sys::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+    let bpf_stats = sys::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
     let storm = super::load::default_storm()?;
     let storm_desc = storm.describe();
     let poker = Poker::new()?;
@@ -102,11 +102,15 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
         "--max-sockets".to_owned(),
         MAX_SOCKETS.to_string(),
     ];
-    let command = format!("tcptrace {} > /dev/null", args.join(" "));
-    println!("soak: starting `{command}`");
+    let command = format!("tcptrace --stats-json FILE {} > /dev/null", args.join(" "));
+    eprintln!("soak: starting `{command}`");
+    let stats_file = StatsFile::new();
     let mut proc = Proc::spawn(
         "watch-json",
-        Command::new(tcptrace).args(&args).stdout(Stdio::null()),
+        Command::new(tcptrace)
+            .args(stats_file.args())
+            .args(&args)
+            .stdout(Stdio::null()),
     )?;
     if proc
         .wait_line("attached", Duration::from_secs(30))
@@ -131,11 +135,11 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
             }
         }
     }
-    println!(
+    eprintln!(
         "soak: attached: {} fds, BPF programs {:?}, maps {:?}, links {:?}",
         held.fds, held.progs, held.maps, held.links
     );
-    println!(
+    eprintln!(
         "soak: {} for {secs} s{}; a sample every {SAMPLE_EVERY_SECS} s",
         storm_desc,
         pace.map_or(String::new(), |p| format!(
@@ -177,11 +181,11 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
                 prog_runs: prog_runs(pid),
             };
             for line in proc.drain() {
-                println!("soak: tracer: {line}");
+                eprintln!("soak: tracer: {line}");
                 warnings.push(line);
             }
             if !proc.running() {
-                println!("soak: the tracer exited at {t} s");
+                eprintln!("soak: the tracer exited at {t} s");
                 exited_early = true;
                 abort.store(true, Ordering::Relaxed);
                 break;
@@ -199,7 +203,7 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
                     }
                 }
             }
-            println!("soak: {}", progress(&sample, secs));
+            eprintln!("soak: {}", progress(&sample, secs));
             samples.push(sample);
             if t >= secs {
                 break;
@@ -210,7 +214,7 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
             .expect("the storm thread does not panic")
     });
     sys::bail_if_interrupted()?;
-    println!(
+    eprintln!(
         "soak: storm done: {} connections in {:.0} s ({} conns/s), {} failed",
         thousands(run.completed as f64),
         run.elapsed.as_secs_f64(),
@@ -228,24 +232,23 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
         Some(s) => format!("{s}"),
         None => "unknown".to_owned(),
     };
-    let summary_line = lines
-        .iter()
-        .rev()
-        .find(|l| sys::parse_summary(std::slice::from_ref(l)).is_some())
-        .cloned();
+    let stats = stats_file.read();
     for l in &lines {
         if l.contains("warning") && !warnings.contains(l) {
             warnings.push(l.clone());
         }
     }
     warnings.retain(|l| l.contains("warning") || l.contains("error"));
-    println!(
+    eprintln!(
         "soak: tracer stopped with SIGINT in {} ms ({exit}): {}",
         stop_took.as_millis(),
-        summary_line.as_deref().unwrap_or("no summary line")
+        match &stats {
+            Ok(s) => s.json(),
+            Err(e) => format!("{e:#}"),
+        }
     );
     let detach = detached(&held);
-    drop(stats);
+    drop(bpf_stats);
 
     let soak = Soak {
         secs,
@@ -258,9 +261,7 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
         exited_early,
         exit,
         stop_took,
-        summary: sys::parse_summary(&lines),
-        missed: sys::parse_missed(&lines),
-        summary_line,
+        stats: stats.ok(),
         warnings,
         held,
         detach,
@@ -275,16 +276,16 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
         splice(&old, &section)
     };
     fs::write(output, text).with_context(|| format!("writing {}", output.display()))?;
-    println!();
+    eprintln!();
     for c in &checks {
-        println!(
+        eprintln!(
             "soak: {}: {} ({})",
             c.what,
             if c.pass { "pass" } else { "FAIL" },
             c.detail
         );
     }
-    println!(
+    eprintln!(
         "soak: wrote `{HEADING}` in {} in {:.1} min",
         output.display(),
         soak.elapsed.as_secs_f64() / 60.0
@@ -510,8 +511,8 @@ pub fn checks(soak: &Soak) -> Vec<Check> {
         },
     });
 
-    checks.push(match soak.summary {
-        Some((events, lost, _)) => Check {
+    checks.push(match soak.stats {
+        Some(RunStats { events, lost, .. }) => Check {
             what: "Zero lost events".to_owned(),
             pass: lost == 0,
             detail: format!(
@@ -523,7 +524,7 @@ pub fn checks(soak: &Soak) -> Vec<Check> {
         None => Check {
             what: "Zero lost events".to_owned(),
             pass: false,
-            detail: "no summary line on exit".to_owned(),
+            detail: "no statistics written at exit (`--stats-json`)".to_owned(),
         },
     });
 
@@ -568,7 +569,7 @@ pub fn render(soak: &Soak, checks: &[Check]) -> String {
     );
     let _ = writeln!(
         r,
-        "`{}` for {} s under the {}{}. Every {SAMPLE_EVERY_SECS} s: the tracer's VmRSS (/proc/PID/status), its open fds (/proc/PID/fd) and the BPF programs and maps it holds (`prog_id`/`map_id` in /proc/PID/fdinfo). Then SIGINT, its exit summary, and `bpftool prog/link/map show -j` for its ids. Memory flat: VmRSS's peak over the last half is within {:.0} % (or {:.0} MiB, whichever is larger) of its peak over the first half after a warm-up ({}–{} s against {}–{} s). fd count flat: the last half's peak is no higher than the first half's.\n",
+        "`{}` for {} s under the {}{}. Every {SAMPLE_EVERY_SECS} s: the tracer's VmRSS (/proc/PID/status), its open fds (/proc/PID/fd) and the BPF programs and maps it holds (`prog_id`/`map_id` in /proc/PID/fdinfo). Then SIGINT, the statistics it writes at exit (`--stats-json`), and `bpftool prog/link/map show -j` for its ids. Memory flat: VmRSS's peak over the last half is within {:.0} % (or {:.0} MiB, whichever is larger) of its peak over the first half after a warm-up ({}–{} s against {}–{} s). fd count flat: the last half's peak is no higher than the first half's.\n",
         soak.command,
         soak.secs,
         soak.storm,
@@ -602,8 +603,14 @@ pub fn render(soak: &Soak, checks: &[Check]) -> String {
         thousands(sockets as f64 / f64::from(MAX_SOCKETS))
     );
     let runs = soak.samples.last().map_or(0, |s| s.prog_runs);
-    match soak.summary {
-        Some((events, lost, evicted)) => {
+    match soak.stats {
+        Some(stats) => {
+            let RunStats {
+                events,
+                lost,
+                evicted,
+                ..
+            } = stats;
             let _ = writeln!(
                 r,
                 "| Events | {} reported by the tracer ({:.1} per connection; its program ran {} times by the last sample) |",
@@ -617,18 +624,16 @@ pub fn render(soak: &Soak, checks: &[Check]) -> String {
                 "| Evicted | {} (sockets pushed out of the `--max-sockets` table) |",
                 thousands(evicted as f64)
             );
+            let _ = writeln!(r, "| Missed | {} |", thousands(stats.missed as f64));
             let _ = writeln!(
                 r,
-                "| Missed | {} |",
-                soak.missed.map_or("?".to_owned(), |x| thousands(x as f64))
+                "| Statistics written at exit (`--stats-json`) | `{}` |",
+                stats.json()
             );
         }
         None => {
-            let _ = writeln!(r, "| Exit summary | none |");
+            let _ = writeln!(r, "| Statistics written at exit (`--stats-json`) | none |");
         }
-    }
-    if let Some(line) = &soak.summary_line {
-        let _ = writeln!(r, "| Exit summary line | `{line}` |");
     }
     let rss = |w| window(&soak.samples, w, |s| s.rss_kib);
     let _ = writeln!(

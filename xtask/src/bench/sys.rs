@@ -439,76 +439,9 @@ impl Drop for Proc {
     }
 }
 
-/// `tcptrace: 120 events, 3 lost, 0 evicted` -> (120, 3, 0).
-pub fn parse_summary(lines: &[String]) -> Option<(u64, u64, u64)> {
-    lines.iter().rev().find_map(|l| {
-        let rest = l.strip_prefix("tcptrace: ")?;
-        let mut nums = rest.split(',').map(|part| {
-            let mut words = part.split_whitespace();
-            let n: u64 = words.next()?.parse().ok()?;
-            Some((n, words.next()?.to_owned()))
-        });
-        let (events, w1) = nums.next()??;
-        let (lost, w2) = nums.next()??;
-        let (evicted, w3) = nums.next()??;
-        (w1 == "events" && w2 == "lost" && w3 == "evicted").then_some((events, lost, evicted))
-    })
-}
-
-/// The `N missed` part of tcptrace's summary line (absent when none were
-/// missed, so 0 whenever there is a summary line).
-pub fn parse_missed(lines: &[String]) -> Option<u64> {
-    parse_summary(lines)?;
-    let line = lines.iter().rev().find(|l| {
-        l.strip_prefix("tcptrace: ")
-            .is_some_and(|r| r.contains(" events, "))
-    })?;
-    Some(
-        line.split(',')
-            .find_map(|part| {
-                let mut words = part.split_whitespace();
-                let n: u64 = words.next()?.parse().ok()?;
-                (words.next()? == "missed").then_some(n)
-            })
-            .unwrap_or(0),
-    )
-}
-
-/// `tcptrace hist`'s: `tcptrace: 120 dwell times measured in the kernel, 0 dropped`.
-pub fn parse_hist_summary(lines: &[String]) -> Option<(u64, u64)> {
-    lines.iter().rev().find_map(|l| {
-        let rest = l.strip_prefix("tcptrace: ")?;
-        let (measured, rest) = rest.split_once(" dwell times measured")?;
-        let dropped = rest.split(", ").nth(1)?.strip_suffix(" dropped")?;
-        Some((measured.trim().parse().ok()?, dropped.trim().parse().ok()?))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn summary_line() {
-        let lines = vec![
-            "tcptrace: attached to sock:inet_sock_set_state".to_owned(),
-            "tcptrace: 120 events, 3 lost, 0 evicted, 1 undecodable".to_owned(),
-        ];
-        assert_eq!(parse_summary(&lines), Some((120, 3, 0)));
-        assert_eq!(parse_summary(&lines[..1]), None);
-        assert_eq!(parse_missed(&lines), Some(0));
-        assert_eq!(parse_missed(&lines[..1]), None);
-        let missed = vec![
-            "tcptrace: 9 events, 0 lost, 2 evicted, 7 missed (another BPF program was running on the CPU)"
-                .to_owned(),
-        ];
-        assert_eq!(parse_summary(&missed), Some((9, 0, 2)));
-        assert_eq!(parse_missed(&missed), Some(7));
-        let hist =
-            vec!["tcptrace: 134890 dwell times measured in the kernel, 2 dropped".to_owned()];
-        assert_eq!(parse_hist_summary(&hist), Some((134890, 2)));
-        assert_eq!(parse_summary(&hist), None);
-    }
 
     #[test]
     fn own_process_facts() {

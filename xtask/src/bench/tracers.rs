@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use super::load::{free_port, which};
+use super::stats::{RunStats, StatsFile};
 use super::sys::{self, Proc, ProgStats};
 
 /// The bpftrace one-liner that only counts transitions in a map.
@@ -178,7 +179,12 @@ impl Tools {
         }
     }
 
-    fn command(&self, config: Config, serve_addr: Option<SocketAddr>) -> Command {
+    fn command(
+        &self,
+        config: Config,
+        serve_addr: Option<SocketAddr>,
+        stats: Option<&StatsFile>,
+    ) -> Command {
         let mut cmd = match config {
             Config::Tcpstates => Command::new(self.tcpstates.as_ref().expect("checked")),
             Config::Bpftrace => {
@@ -194,6 +200,9 @@ impl Tools {
             }
             _ => Command::new(&self.tcptrace),
         };
+        if let Some(stats) = stats {
+            cmd.args(stats.args());
+        }
         match config {
             Config::Watch => {
                 cmd.arg("watch");
@@ -248,6 +257,8 @@ impl Poker {
 pub struct Running {
     pub proc: Proc,
     scraper: Option<Scraper>,
+    /// Where a tcptrace mode writes its statistics at exit.
+    stats: Option<StatsFile>,
 }
 
 pub fn start(tools: &Tools, config: Config, poker: &Poker) -> Result<Running> {
@@ -256,7 +267,8 @@ pub fn start(tools: &Tools, config: Config, poker: &Poker) -> Result<Running> {
     } else {
         None
     };
-    let mut cmd = tools.command(config, serve_addr);
+    let stats = config.is_tcptrace().then(StatsFile::new);
+    let mut cmd = tools.command(config, serve_addr, stats.as_ref());
     let mut proc = Proc::spawn(config.key(), &mut cmd)?;
     if config.is_tcptrace()
         && proc
@@ -274,7 +286,11 @@ pub fn start(tools: &Tools, config: Config, poker: &Poker) -> Result<Running> {
         }
         None => None,
     };
-    Ok(Running { proc, scraper })
+    Ok(Running {
+        proc,
+        scraper,
+        stats,
+    })
 }
 
 /// The last few stderr lines, for an error message.
@@ -370,7 +386,6 @@ struct Scraper {
 pub struct ScrapeStats {
     pub ok: u32,
     pub failed: u32,
-    pub last_body: String,
 }
 
 impl Scraper {
@@ -381,10 +396,7 @@ impl Scraper {
             let mut stats = ScrapeStats::default();
             while !flag.load(Ordering::Relaxed) {
                 match http_get(addr, "/metrics") {
-                    Ok((200, body)) => {
-                        stats.ok += 1;
-                        stats.last_body = body;
-                    }
+                    Ok((200, _)) => stats.ok += 1,
                     _ => stats.failed += 1,
                 }
                 for _ in 0..20 {
@@ -472,8 +484,9 @@ pub fn settle(pid: u32, max: Duration) {
 /// What stopping a tracer told us.
 pub struct Stopped {
     pub lines: Vec<String>,
-    /// tcptrace's `N events, M lost, K evicted`.
-    pub summary: Option<(u64, u64, u64)>,
+    /// What a tcptrace mode wrote to `--stats-json` at exit; `None` for
+    /// the other tracers, an error when tcptrace wrote none.
+    pub stats: Option<Result<RunStats, String>>,
     pub scrapes: Option<ScrapeStats>,
     pub exited_early: bool,
 }
@@ -488,7 +501,10 @@ impl Running {
         let scrapes = self.scraper.take().map(Scraper::finish);
         let lines = self.proc.stop(Duration::from_secs(15));
         Stopped {
-            summary: sys::parse_summary(&lines),
+            stats: self
+                .stats
+                .as_ref()
+                .map(|f| f.read().map_err(|e| format!("{e:#}"))),
             lines,
             scrapes,
             exited_early,
@@ -497,21 +513,28 @@ impl Running {
 }
 
 impl Stopped {
-    /// Events the tracer says it handled: the summary's, or hist's dwell times.
-    pub fn events(&self) -> Option<u64> {
-        self.summary
-            .map(|s| s.0)
-            .or_else(|| sys::parse_hist_summary(&self.lines).map(|h| h.0))
+    /// tcptrace's statistics, when it wrote them.
+    pub fn run_stats(&self) -> Option<RunStats> {
+        self.stats.as_ref()?.as_ref().ok().copied()
     }
 
-    /// Events the tracer says it lost: tcptrace's summary, libbpf-tools'
-    /// "lost N events" warnings; `None` when it reports nothing we can read.
-    pub fn lost(&self, config: Config) -> Option<u64> {
-        if let Some((_, lost, _)) = self.summary {
-            return Some(lost);
+    /// Events the tracer says it handled: the records it read, or for
+    /// `hist` (which reads none: it counts in the kernel) the dwell times
+    /// the kernel measured.
+    pub fn events(&self, config: Config) -> Option<u64> {
+        if config == Config::Hist {
+            return hist_measured(&self.lines);
         }
-        if let Some((_, dropped)) = sys::parse_hist_summary(&self.lines) {
-            return Some(dropped);
+        self.run_stats().map(|s| s.events)
+    }
+
+    /// Events the tracer says it lost: tcptrace's statistics (records the
+    /// ring buffer could not queue, and histogram updates dropped),
+    /// libbpf-tools' "lost N events" warnings; `None` when it reports
+    /// nothing we can read.
+    pub fn lost(&self, config: Config) -> Option<u64> {
+        if config.is_tcptrace() {
+            return self.run_stats().map(|s| s.lost_or_dropped());
         }
         match config {
             Config::Tcpstates => Some(
@@ -523,32 +546,19 @@ impl Stopped {
                     })
                     .sum(),
             ),
-            Config::Serve => self
-                .scrapes
-                .as_ref()
-                .and_then(|s| metric_sum(&s.last_body, "lost")),
             _ => None,
         }
     }
 }
 
-/// The sum of the samples of metrics whose name contains `word`.
-fn metric_sum(body: &str, word: &str) -> Option<u64> {
-    let mut found = false;
-    let mut sum = 0.0;
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let name = name.split('{').next().unwrap_or(name);
-        if name.contains(word)
-            && let Ok(v) = value.trim().parse::<f64>()
-        {
-            found = true;
-            sum += v;
-        }
-    }
-    found.then_some(sum as u64)
+/// `tcptrace hist`'s closing line, `tcptrace: N dwell times measured in the
+/// kernel`: the one count of its own that `--stats-json` does not carry.
+fn hist_measured(lines: &[String]) -> Option<u64> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("tcptrace: ")?;
+        let (n, _) = rest.split_once(" dwell times measured")?;
+        n.trim().parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -584,9 +594,12 @@ mod tests {
     }
 
     #[test]
-    fn metrics() {
-        let body = "# HELP x\ntcptrace_events_lost_total 3\ntcptrace_events_total 10\nfoo_lost{cpu=\"1\"} 2\n";
-        assert_eq!(metric_sum(body, "lost"), Some(5));
-        assert_eq!(metric_sum(body, "nothing"), None);
+    fn hist_closing_line() {
+        let lines = vec![
+            "tcptrace: 134890 dwell times measured in the kernel".to_owned(),
+            "tcptrace: 0 events, 0 lost, 0 evicted, 2 dropped, 0 missed".to_owned(),
+        ];
+        assert_eq!(hist_measured(&lines), Some(134890));
+        assert_eq!(hist_measured(&lines[1..]), None);
     }
 }
