@@ -212,6 +212,7 @@ mod tests {
         // 100 connections in 0.5 s, give or take the first interval.
         assert!(run.completed <= 110, "{}", run.completed);
         assert!(run.completed >= 50, "{}", run.completed);
-        assert_eq!(done.load(Ordering::Relaxed), run.completed);
+        // `done` also counts what finished after the window closed.
+        assert!(done.load(Ordering::Relaxed) >= run.completed);
     }
 }
