@@ -129,8 +129,8 @@ pub async fn leaks(args: LeaksArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
         min_age: args.min_age,
         stacks: args.stacks,
     };
-    let mut collector =
-        Collector::new(selection.clone(), args.stacks && !args.once && !args.check)?;
+    let live = !args.once && !args.check;
+    let mut collector = Collector::new(selection.clone(), args.stacks && live, live)?;
     let mut stdout = std::io::stdout().lock();
     if args.once || args.check {
         // Existing sockets only: no kernel program needed.

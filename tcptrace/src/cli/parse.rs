@@ -298,3 +298,47 @@ mod tests {
         assert!(parse_interval("0").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests over untrusted input: it must give a value or an
+    //! error, never panic.
+    use proptest::prelude::*;
+
+    use crate::cli;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+    #[test]
+    fn value_parsers_never_panic(s in ".{0,40}") {
+        let _ = cli::parse_ports(&s);
+        let _ = cli::parse_pid(&s);
+        let _ = cli::parse_state(&s);
+        let _ = cli::parse_duration(&s);
+        let _ = cli::parse_duration_or_zero(&s);
+        let _ = cli::parse_ring_size(&s);
+        let _ = cli::parse_max_sockets(&s);
+    }
+
+    #[test]
+    fn port_lists_round_trip(ports in proptest::collection::vec(1u16.., 1..16)) {
+        let text: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let parsed = cli::parse_ports(&text.join(",")).unwrap().0;
+        let mut want = ports.clone();
+        let mut seen = std::collections::HashSet::new();
+        want.retain(|p| seen.insert(*p));
+        prop_assert_eq!(parsed, want);
+    }
+
+    #[test]
+    fn whole_command_lines_never_panic(args in proptest::collection::vec("[-a-zA-Z0-9_,.:]{0,12}", 0..6)) {
+        let mut argv = vec!["tcptrace".to_owned(), "watch".to_owned()];
+        argv.extend(args);
+        if let Err(e) = <cli::Cli as clap::Parser>::try_parse_from(&argv) {
+            let line = cli::one_line_error(&e);
+            prop_assert!(!line.contains('\n'));
+        }
+    }
+    }
+}

@@ -13,16 +13,17 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    ffi::{CStr, CString, OsStr},
+    ffi::{CStr, CString},
     io,
     os::{
-        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, OwnedFd, RawFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
-    ptr::NonNull,
     time::{Duration, Instant},
 };
+
+use crate::host::sys;
 
 /// One process holding a socket through one of its fds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -148,6 +149,7 @@ impl HolderIndex {
         v
     }
 
+    #[cfg(test)]
     pub fn stats(&self) -> (u64, u64) {
         (self.full_scans, self.pid_rescans)
     }
@@ -172,7 +174,7 @@ impl HolderIndex {
                 return 0;
             }
         };
-        let mut root = match Dir::open_at(root_fd, c".") {
+        let mut root = match sys::Dir::open_at(root_fd, c".") {
             Ok(d) => d,
             Err(e) => {
                 log::warn!("holders: cannot list {}: {e}", self.proc_root.display());
@@ -386,7 +388,7 @@ fn scan_process(
     sockets: &mut Vec<(u32, u64)>,
 ) -> Scan {
     sockets.clear();
-    let Ok(pid_dir) = open_at(root_fd, name, libc::O_PATH | libc::O_DIRECTORY) else {
+    let Ok(pid_dir) = sys::open_at(root_fd, name, sys::Open::Path) else {
         return Scan::Gone;
     };
     let pid_fd = pid_dir.as_raw_fd();
@@ -452,7 +454,7 @@ fn visit_fd_table(
     if !zombie_leader {
         return (0, None);
     }
-    let Ok(mut tasks) = Dir::open_at(pid_dir, c"task") else {
+    let Ok(mut tasks) = sys::Dir::open_at(pid_dir, c"task") else {
         return (0, None);
     };
     let tasks_fd = tasks.fd();
@@ -473,7 +475,7 @@ fn visit_fd_table(
 
 fn visit_fd_dir(base: RawFd, path: &CStr, visit: &mut dyn FnMut(RawFd, &CStr)) -> usize {
     // ENOENT/ESRCH (gone) and EACCES (not ours to read) all mean "nothing".
-    let Ok(mut dir) = Dir::open_at(base, path) else {
+    let Ok(mut dir) = sys::Dir::open_at(base, path) else {
         return 0;
     };
     let dir_fd = dir.fd();
@@ -498,7 +500,7 @@ fn holder_is_current(
     let Ok(name) = CString::new(pid.to_string()) else {
         return false;
     };
-    let Ok(pid_dir) = open_at(root_fd, &name, libc::O_PATH | libc::O_DIRECTORY) else {
+    let Ok(pid_dir) = sys::open_at(root_fd, &name, sys::Open::Path) else {
         return false;
     };
     let pid_fd = pid_dir.as_raw_fd();
@@ -537,7 +539,7 @@ pub fn process_info(pid: u32) -> Option<ProcessInfo> {
 pub fn process_info_at(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
     let root = open_dir_path(proc_root).ok()?;
     let name = CString::new(pid.to_string()).ok()?;
-    let pid_dir = open_at(root.as_raw_fd(), &name, libc::O_PATH | libc::O_DIRECTORY).ok()?;
+    let pid_dir = sys::open_at(root.as_raw_fd(), &name, sys::Open::Path).ok()?;
     let pid_fd = pid_dir.as_raw_fd();
     let mut buf = Vec::with_capacity(512);
 
@@ -573,19 +575,16 @@ pub fn process_info_at(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
 fn count_fds(pid_dir: RawFd, stat_buf: &mut Vec<u8>) -> u64 {
     // Since Linux 6.2 the size of /proc/PID/fd is its number of open fds,
     // which spares listing 10,000 entries; before, it is 0.
-    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: the path is NUL-terminated and `st` is a live out-pointer.
-    let rc = unsafe { libc::fstatat(pid_dir, c"fd".as_ptr(), &mut st, 0) };
-    if rc == 0 && st.st_size > 0 {
-        return u64::try_from(st.st_size).unwrap_or(0);
+    if let Some(n) = sys::size_at(pid_dir, c"fd").filter(|n| *n > 0) {
+        return n;
     }
     let (n, _) = visit_fd_table(pid_dir, stat_buf, &mut |_, _| {});
     n as u64
 }
 
+#[cfg(test)]
 /// Parse the `socket:[N]` form of an fd link target.
-pub fn parse_socket_link(target: &OsStr) -> Option<u64> {
+pub fn parse_socket_link(target: &std::ffi::OsStr) -> Option<u64> {
     parse_socket_link_bytes(target.as_bytes())
 }
 
@@ -593,6 +592,7 @@ fn parse_socket_link_bytes(target: &[u8]) -> Option<u64> {
     parse_u64(target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
 }
 
+#[cfg(test)]
 /// Field 22 (starttime) of a /proc/PID/stat line. comm (field 2) may contain
 /// spaces and ')', so fields are counted after the last ')'.
 pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
@@ -628,6 +628,7 @@ fn parse_stat(stat: &[u8]) -> Option<StatFields<'_>> {
     })
 }
 
+#[cfg(test)]
 /// Soft "Max open files" from /proc/PID/limits text: `Some(n)`, or `None`
 /// for "unlimited" (and for text without a readable line).
 pub fn parse_limits_nofile(limits: &str) -> Option<u64> {
@@ -668,87 +669,22 @@ fn parse_u32(digits: &[u8]) -> Option<u32> {
 const LINK_BUF: usize = 64;
 
 fn readlink_at<'b>(dir: RawFd, name: &CStr, buf: &'b mut [u8; LINK_BUF]) -> Option<&'b [u8]> {
-    // SAFETY: `name` is NUL-terminated and `buf` is writable for its length.
-    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    let n = usize::try_from(n).ok()?;
-    (n < buf.len()).then(|| &buf[..n])
-}
-
-fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; a returned fd is ours alone.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::readlink_at(dir, name, buf).filter(|t| t.len() < LINK_BUF)
 }
 
 fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    open_at(libc::AT_FDCWD, &path, libc::O_PATH | libc::O_DIRECTORY)
+    sys::open_at(sys::AT_FDCWD, &path, sys::Open::Path)
 }
 
 /// Reads a whole small file (a /proc one: read until EOF) into `buf`.
 fn read_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
     use std::io::Read as _;
-    let fd = open_at(dir, name, libc::O_RDONLY)?;
+    let fd = sys::open_at(dir, name, sys::Open::Read)?;
     buf.clear();
     std::fs::File::from(fd).read_to_end(buf)?;
     Ok(())
-}
-
-/// A directory stream handing out entry names without allocating: std's
-/// `read_dir` copies every name into a fresh `CString`, once per fd.
-struct Dir(NonNull<libc::DIR>);
-
-impl Dir {
-    fn open_at(base: RawFd, path: &CStr) -> io::Result<Self> {
-        let fd = open_at(base, path, libc::O_RDONLY | libc::O_DIRECTORY)?.into_raw_fd();
-        // SAFETY: `fd` is an open directory; on success DIR owns it.
-        match NonNull::new(unsafe { libc::fdopendir(fd) }) {
-            Some(dir) => Ok(Self(dir)),
-            None => {
-                let e = io::Error::last_os_error();
-                // SAFETY: fdopendir failed, so `fd` is still ours to close.
-                unsafe { libc::close(fd) };
-                Err(e)
-            }
-        }
-    }
-
-    fn fd(&self) -> RawFd {
-        // SAFETY: the stream is open for as long as `self` lives.
-        unsafe { libc::dirfd(self.0.as_ptr()) }
-    }
-
-    /// The next name other than `.` and `..`; `None` at the end.
-    fn next_name(&mut self) -> Option<io::Result<&CStr>> {
-        loop {
-            // SAFETY: readdir reports errors only through errno, so clear it.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: the stream is open and used by this thread only.
-            let ent = unsafe { libc::readdir(self.0.as_ptr()) };
-            if ent.is_null() {
-                let e = io::Error::last_os_error();
-                return (e.raw_os_error() != Some(0)).then_some(Err(e));
-            }
-            // SAFETY: d_name is NUL-terminated and lives until the next
-            // readdir, which needs `&mut self` and so ends this borrow.
-            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
-            if name != c"." && name != c".." {
-                return Some(Ok(name));
-            }
-        }
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        // SAFETY: opened by fdopendir and closed only here.
-        unsafe { libc::closedir(self.0.as_ptr()) };
-    }
 }
 
 #[cfg(test)]
@@ -825,7 +761,7 @@ mod tests {
 
     #[test]
     fn socket_link_forms() {
-        let p = |s: &str| parse_socket_link(OsStr::new(s));
+        let p = |s: &str| parse_socket_link(std::ffi::OsStr::new(s));
         assert_eq!(p("socket:[123]"), Some(123));
         assert_eq!(p("socket:[18446744073709551615]"), Some(u64::MAX));
         for other in [

@@ -19,11 +19,15 @@
 //!   rqueue u32, wqueue u32, uid u32, inode u32} (72 bytes), then `rtattr`s.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
+
+use crate::host::sys;
+#[cfg(test)]
+use tcptrace_common::TcpState;
 
 /// One TCP socket from an `inet_diag` reply.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -95,29 +99,6 @@ impl std::fmt::Display for NetlinkError {
 
 impl std::error::Error for NetlinkError {}
 
-/// Every TCP state, 1 (ESTABLISHED) ..= 12 (NEW_SYN_RECV): bits 1..=12 of the
-/// `1 << state` mask (`0x1ffe`).
-pub const ALL_STATES: u32 = 0xfff << 1;
-
-// Kernel TCP state numbers (include/net/tcp_states.h).
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_SYN_SENT: u8 = 2;
-pub const TCP_SYN_RECV: u8 = 3;
-pub const TCP_FIN_WAIT1: u8 = 4;
-pub const TCP_FIN_WAIT2: u8 = 5;
-pub const TCP_TIME_WAIT: u8 = 6;
-pub const TCP_CLOSE: u8 = 7;
-pub const TCP_CLOSE_WAIT: u8 = 8;
-pub const TCP_LAST_ACK: u8 = 9;
-pub const TCP_LISTEN: u8 = 10;
-pub const TCP_CLOSING: u8 = 11;
-pub const TCP_NEW_SYN_RECV: u8 = 12;
-
-/// The `states` bit of one TCP state, for [`dump_tcp`].
-pub const fn state_bit(state: u8) -> u32 {
-    1u32 << (state & 31)
-}
-
 // Netlink constants (linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h).
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_NOOP: u16 = 1;
@@ -134,7 +115,6 @@ const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_REQ_V2_LEN: usize = 56;
 const INET_DIAG_MSG_LEN: usize = 72;
 const REQUEST_LEN: usize = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
-const INET_DIAG_NOCOOKIE: u32 = !0;
 
 // Byte offsets in struct tcp_info (linux/tcp.h): 8 u8 fields, then u32s
 // rto@8 ato@12 snd_mss@16 rcv_mss@20 unacked@24 sacked@28 lost@32 retrans@36
@@ -156,8 +136,7 @@ const RECV_TIMEOUT_SECS: libc::time_t = 10;
 
 static NEXT_SEQ: AtomicU32 = AtomicU32::new(1);
 
-/// Dump TCP sockets in the given `states` (bitmask of `1 << state`, see
-/// [`ALL_STATES`] and [`state_bit`]) for one family (`Some(AF_INET)` /
+/// Dump TCP sockets in the given `states` (a [`TcpState::mask`], widened) for one family (`Some(AF_INET)` /
 /// `Some(AF_INET6)`) or both (`None`), requesting `INET_DIAG_INFO` so that
 /// `info` is filled (except for TIME_WAIT / request sockets, which have none).
 ///
@@ -186,46 +165,6 @@ pub fn dump_tcp(states: u32, family: Option<u16>) -> Result<Vec<DiagSocket>> {
     Ok(out)
 }
 
-/// Look one TCP socket up by its exact 4-tuple (`local` = the socket's own
-/// address, `remote` = its peer), without dumping the whole table.
-///
-/// Returns `Ok(None)` when there is no such socket. The kernel's lookup falls
-/// back to a *listener* on the local port when no connection matches; such an
-/// answer is discarded here, so only an exact match is returned. IPv4-mapped
-/// IPv6 addresses and plain IPv4 addresses compare equal.
-pub fn lookup_tcp(local: SocketAddr, remote: SocketAddr) -> Result<Option<DiagSocket>> {
-    let (family, ifindex) = match (local, remote) {
-        (SocketAddr::V4(_), SocketAddr::V4(_)) => (libc::AF_INET as u8, 0),
-        (SocketAddr::V6(l), SocketAddr::V6(_)) => (libc::AF_INET6 as u8, l.scope_id()),
-        _ => bail!("lookup_tcp: {local} and {remote} are of different families"),
-    };
-    let id = SockId {
-        sport: local.port(),
-        dport: remote.port(),
-        src: addr_bytes(local.ip()),
-        dst: addr_bytes(remote.ip()),
-        ifindex,
-        cookie: [INET_DIAG_NOCOOKIE; 2],
-    };
-    let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
-    let req = encode_request(seq, NLM_F_REQUEST, family, ALL_STATES, &id);
-    let sock = DiagSocketFd::open()?;
-    let mut out = Vec::new();
-    match sock.transact(&req, seq, &mut out) {
-        Ok(()) => {}
-        Err(e) if e.downcast_ref::<NetlinkError>().map(|n| n.errno) == Some(libc::ENOENT) => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.context(format!("sock_diag lookup of {local} -> {remote}"))),
-    }
-    Ok(out.into_iter().find(|s| {
-        s.sport == local.port()
-            && s.dport == remote.port()
-            && s.saddr.to_canonical() == local.ip().to_canonical()
-            && s.daddr.to_canonical() == remote.ip().to_canonical()
-    }))
-}
-
 /// Parse one netlink datagram of `SOCK_DIAG_BY_FAMILY` replies, appending the
 /// sockets to `out`.
 ///
@@ -234,6 +173,7 @@ pub fn lookup_tcp(local: SocketAddr, remote: SocketAddr) -> Result<Option<DiagSo
 /// otherwise. `NLMSG_ERROR` (and `NLMSG_DONE` carrying a negative code) becomes
 /// an error wrapping [`NetlinkError`]. Malformed input is an error, never a panic;
 /// sockets parsed before the error stay in `out`.
+#[cfg(test)]
 pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<ParseStatus> {
     parse_datagram(buf, None, out)
 }
@@ -398,15 +338,6 @@ fn ipv4(a: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
 }
 
-fn addr_bytes(ip: IpAddr) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => b = v6.octets(),
-    }
-    b
-}
-
 const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
@@ -477,38 +408,9 @@ struct DiagSocketFd(OwnedFd);
 
 impl DiagSocketFd {
     fn open() -> Result<Self> {
-        // SAFETY: plain syscall; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)");
-        }
-        // SAFETY: fd is a freshly created descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: valid fd, pointer/length of a live timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error()).context("setsockopt(SO_RCVTIMEO)");
-        }
-        Ok(Self(fd))
+        sys::netlink_socket(libc::NETLINK_SOCK_DIAG, RECV_TIMEOUT_SECS)
+            .map(Self)
+            .context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)")
     }
 
     /// Send one request and read replies until it is complete.
@@ -527,65 +429,33 @@ impl DiagSocketFd {
     }
 
     fn send(&self, req: &[u8]) -> Result<()> {
-        // SAFETY: all-zero is a valid sockaddr_nl.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         loop {
-            // SAFETY: valid fd; req and kernel outlive the call.
-            let n = unsafe {
-                libc::sendto(
-                    self.0.as_raw_fd(),
-                    req.as_ptr().cast(),
-                    req.len(),
-                    0,
-                    (&raw const kernel).cast(),
-                    size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e).context("sendto(netlink sock_diag)");
+            match sys::send_to_kernel(&self.0, req) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("sendto(netlink sock_diag)"),
+                Ok(n) if n != req.len() => bail!("short netlink send: {n} of {} bytes", req.len()),
+                Ok(_) => return Ok(()),
             }
-            if n as usize != req.len() {
-                bail!("short netlink send: {n} of {} bytes", req.len());
-            }
-            return Ok(());
         }
     }
 
     /// One datagram; errors if it did not fit in `buf`.
     fn recv(&self, buf: &mut [u8]) -> Result<usize> {
         loop {
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            // SAFETY: all-zero is a valid msghdr; we set the iovec below.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &raw mut iov;
-            msg.msg_iovlen = 1;
-            // SAFETY: valid fd; msg points at iov which points at buf, all live.
-            let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &raw mut msg, 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
+            match sys::recv_datagram(&self.0, buf) {
+                Err(e) => match e.kind() {
                     io::ErrorKind::Interrupted => continue,
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                         bail!("no sock_diag reply within {RECV_TIMEOUT_SECS} s")
                     }
                     _ => return Err(e).context("recvmsg(netlink sock_diag)"),
-                }
-            }
-            if msg.msg_flags & libc::MSG_TRUNC != 0 {
-                bail!(
+                },
+                Ok((_, true)) => bail!(
                     "netlink datagram truncated (larger than {} bytes)",
                     buf.len()
-                );
+                ),
+                Ok((n, false)) => return Ok(n),
             }
-            return Ok(n as usize);
         }
     }
 }
@@ -594,7 +464,9 @@ impl DiagSocketFd {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::SocketAddr;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, Instant};
 
@@ -649,7 +521,7 @@ mod tests {
         let uid = unsafe { libc::geteuid() };
 
         // Before accept() the server-side child exists but has no file: inode 0.
-        let child = poll_for(state_bit(TCP_ESTABLISHED), Some(family), |s| {
+        let child = poll_for(u32::from(TcpState::Established.bit()), Some(family), |s| {
             s.sport == laddr.port() && s.dport == caddr.port()
         })
         .expect("server-side child socket not found");
@@ -658,12 +530,12 @@ mod tests {
         let (server, peer) = listener.accept().unwrap();
         assert_eq!(peer, caddr);
 
-        let states = state_bit(TCP_ESTABLISHED) | state_bit(TCP_LISTEN);
+        let states = u32::from(TcpState::mask(&[TcpState::Established, TcpState::Listen]));
         let socks = dump_tcp(states, None).unwrap();
 
         let l = socks
             .iter()
-            .find(|s| s.state == TCP_LISTEN && s.sport == laddr.port())
+            .find(|s| s.state == TcpState::Listen as u8 && s.sport == laddr.port())
             .expect("listener not found");
         assert_eq!(l.family, family);
         assert_eq!(l.saddr, laddr.ip());
@@ -674,14 +546,14 @@ mod tests {
 
         let c = find(&socks, caddr, laddr).expect("client not found");
         assert_eq!(c.family, family);
-        assert_eq!(c.state, TCP_ESTABLISHED);
+        assert_eq!(c.state, TcpState::Established as u8);
         assert_eq!(c.inode, inode_of(&client));
         assert_eq!(c.uid, uid);
         assert!(c.info.is_some());
 
         let s = find(&socks, laddr, caddr).expect("server side not found");
         assert_eq!(s.family, family);
-        assert_eq!(s.state, TCP_ESTABLISHED);
+        assert_eq!(s.state, TcpState::Established as u8);
         assert_eq!(s.inode, inode_of(&server));
         assert_eq!(s.cookie, child.cookie, "accept() keeps the socket");
         assert!(s.info.is_some());
@@ -689,20 +561,6 @@ mod tests {
         assert_ne!(c.cookie, 0);
         assert_ne!(c.cookie, s.cookie);
         assert_ne!(l.cookie, s.cookie);
-
-        // Exact lookup by 4-tuple finds the same sockets.
-        let lc = lookup_tcp(caddr, laddr).unwrap().expect("lookup client");
-        assert_eq!(
-            (lc.cookie, lc.inode, lc.state),
-            (c.cookie, c.inode, c.state)
-        );
-        let ls = lookup_tcp(laddr, caddr).unwrap().expect("lookup server");
-        assert_eq!(ls.cookie, s.cookie);
-        assert_eq!(ls.inode, s.inode);
-        // No such connection: the kernel answers with the listener; we say None.
-        let mut bogus = caddr;
-        bogus.set_port(1);
-        assert_eq!(lookup_tcp(laddr, bogus).unwrap(), None);
     }
 
     #[test]
@@ -727,18 +585,18 @@ mod tests {
         (&server).read_exact(&mut got).unwrap();
         drop(client); // FIN to the server, which then sits in CLOSE_WAIT
 
-        let cw = poll_for(state_bit(TCP_CLOSE_WAIT), Some(AF_INET), |s| {
+        let cw = poll_for(u32::from(TcpState::CloseWait.bit()), Some(AF_INET), |s| {
             s.sport == laddr.port() && s.dport == caddr.port()
         })
         .expect("server socket never reached CLOSE_WAIT");
-        assert_eq!(cw.state, TCP_CLOSE_WAIT);
+        assert_eq!(cw.state, TcpState::CloseWait as u8);
         assert_eq!(cw.inode, inode_of(&server));
         let info = cw.info.expect("tcp_info");
         assert!(info.last_ack_recv_ms < 2000, "{info:?}");
         assert!(info.last_data_recv_ms < 2000, "{info:?}");
 
         std::thread::sleep(Duration::from_millis(300));
-        let later = dump_tcp(state_bit(TCP_CLOSE_WAIT), Some(AF_INET))
+        let later = dump_tcp(u32::from(TcpState::CloseWait.bit()), Some(AF_INET))
             .unwrap()
             .into_iter()
             .find(|s| s.cookie == cw.cookie)
@@ -760,7 +618,7 @@ mod tests {
     fn family_filter() {
         let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
         let v6 = TcpListener::bind("[::1]:0").ok();
-        let socks = dump_tcp(ALL_STATES, Some(AF_INET6)).unwrap();
+        let socks = dump_tcp(u32::from(TcpState::mask(&TcpState::ALL)), Some(AF_INET6)).unwrap();
         assert!(
             socks
                 .iter()
@@ -777,11 +635,11 @@ mod tests {
             assert!(
                 socks
                     .iter()
-                    .any(|s| s.sport == port && s.state == TCP_LISTEN)
+                    .any(|s| s.sport == port && s.state == TcpState::Listen as u8)
             );
         }
 
-        let socks = dump_tcp(ALL_STATES, Some(AF_INET)).unwrap();
+        let socks = dump_tcp(u32::from(TcpState::mask(&TcpState::ALL)), Some(AF_INET)).unwrap();
         assert!(
             socks
                 .iter()
@@ -791,10 +649,16 @@ mod tests {
         assert!(
             socks
                 .iter()
-                .any(|s| s.sport == port && s.state == TCP_LISTEN)
+                .any(|s| s.sport == port && s.state == TcpState::Listen as u8)
         );
 
-        assert!(dump_tcp(ALL_STATES, Some(libc::AF_UNIX as u16)).is_err());
+        assert!(
+            dump_tcp(
+                u32::from(TcpState::mask(&TcpState::ALL)),
+                Some(libc::AF_UNIX as u16)
+            )
+            .is_err()
+        );
     }
 
     // ---- hand-made buffers ----
@@ -826,7 +690,7 @@ mod tests {
 
     fn tcp_info_bytes(len: usize) -> Vec<u8> {
         let mut t = vec![0u8; len];
-        t[0] = TCP_CLOSE_WAIT;
+        t[0] = TcpState::CloseWait as u8;
         for (off, val) in [
             (TCPI_LAST_DATA_SENT, 1111u32),
             (TCPI_LAST_DATA_RECV, 3333),
@@ -841,7 +705,7 @@ mod tests {
     }
 
     fn diag_msg(family: u8, src: [u8; 16], dst: [u8; 16], attrs: &[Vec<u8>]) -> Vec<u8> {
-        let mut p = vec![family, TCP_CLOSE_WAIT, 0, 0];
+        let mut p = vec![family, TcpState::CloseWait as u8, 0, 0];
         SockId {
             sport: 8080,
             dport: 54321,
@@ -886,7 +750,7 @@ mod tests {
     fn sample_expected() -> DiagSocket {
         DiagSocket {
             family: AF_INET,
-            state: TCP_CLOSE_WAIT,
+            state: TcpState::CloseWait as u8,
             saddr: "10.0.0.1".parse().unwrap(),
             sport: 8080,
             daddr: "192.168.1.2".parse().unwrap(),
@@ -1052,7 +916,7 @@ mod tests {
             5,
             NLM_F_REQUEST | NLM_F_DUMP,
             libc::AF_INET as u8,
-            ALL_STATES,
+            u32::from(TcpState::mask(&TcpState::ALL)),
             &SockId::default(),
         );
         assert_eq!(req.len(), 72);
@@ -1063,5 +927,24 @@ mod tests {
         assert_eq!(&req[16..20], &[2, 6, 2, 0]);
         assert_eq!(rd_u32(&req, 20).unwrap(), 0x1ffe);
         assert!(req[24..].iter().all(|&b| b == 0));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests over untrusted input: it must give a value or an
+    //! error, never panic.
+    use proptest::prelude::*;
+
+    use super::parse_messages;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+    #[test]
+    fn netlink_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut out = Vec::new();
+        let _ = parse_messages(&bytes, &mut out);
+    }
     }
 }

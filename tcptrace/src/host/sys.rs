@@ -4,7 +4,8 @@
 use std::{
     ffi::CStr,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+    ptr::NonNull,
 };
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -92,10 +93,167 @@ pub fn enter_netns(ns: &impl AsRawFd) -> io::Result<()> {
     check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
 }
 
-/// `openat(dir, name, flags | O_CLOEXEC)`.
-pub fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+/// `AT_FDCWD`: paths relative to the working directory.
+pub const AT_FDCWD: RawFd = libc::AT_FDCWD;
+
+/// How [`open_at`] opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Open {
+    /// A directory as a handle to look things up under (`O_PATH`).
+    Path,
+    /// A file, to read.
+    Read,
+    /// A directory, to list.
+    List,
+}
+
+/// `openat(dir, name, ...)`, close-on-exec.
+pub fn open_at(dir: RawFd, name: &CStr, how: Open) -> io::Result<OwnedFd> {
+    let flags = match how {
+        Open::Path => libc::O_PATH | libc::O_DIRECTORY,
+        Open::Read => libc::O_RDONLY,
+        Open::List => libc::O_RDONLY | libc::O_DIRECTORY,
+    };
     // SAFETY: `name` is NUL-terminated; a returned fd is ours alone.
     let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
     // SAFETY: `fd` was just opened and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `readlinkat(dir, name)` into `buf`: the target, or `None` on an error.
+/// A target that fills `buf` may have been cut.
+pub fn readlink_at<'b>(dir: RawFd, name: &CStr, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    // SAFETY: `name` is NUL-terminated and `buf` is writable for its length.
+    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = usize::try_from(n).ok()?;
+    Some(&buf[..n])
+}
+
+/// The size `fstatat(dir, name)` reports, `None` on an error.
+pub fn size_at(dir: RawFd, name: &CStr) -> Option<u64> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `st` is a live out-pointer.
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, 0) }).ok()?;
+    u64::try_from(st.st_size).ok()
+}
+
+/// A directory stream handing out entry names without allocating: std's
+/// `read_dir` copies every name into a fresh `CString`, once per entry
+/// (once per fd of every process, for a /proc scan).
+pub struct Dir(NonNull<libc::DIR>);
+
+impl Dir {
+    pub fn open_at(base: RawFd, path: &CStr) -> io::Result<Self> {
+        let fd = open_at(base, path, Open::List)?.into_raw_fd();
+        // SAFETY: `fd` is an open directory; on success DIR owns it.
+        match NonNull::new(unsafe { libc::fdopendir(fd) }) {
+            Some(dir) => Ok(Self(dir)),
+            None => {
+                let e = io::Error::last_os_error();
+                // SAFETY: fdopendir failed, so `fd` is still ours to close.
+                unsafe { libc::close(fd) };
+                Err(e)
+            }
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        // SAFETY: the stream is open for as long as `self` lives.
+        unsafe { libc::dirfd(self.0.as_ptr()) }
+    }
+
+    /// The next name other than `.` and `..`; `None` at the end.
+    pub fn next_name(&mut self) -> Option<io::Result<&CStr>> {
+        loop {
+            // SAFETY: readdir reports errors only through errno, so clear it.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: the stream is open and used by this thread only.
+            let ent = unsafe { libc::readdir(self.0.as_ptr()) };
+            if ent.is_null() {
+                let e = io::Error::last_os_error();
+                return (e.raw_os_error() != Some(0)).then_some(Err(e));
+            }
+            // SAFETY: d_name is NUL-terminated and lives until the next
+            // readdir, which needs `&mut self` and so ends this borrow.
+            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+            if name != c"." && name != c".." {
+                return Some(Ok(name));
+            }
+        }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: opened by fdopendir and closed only here.
+        unsafe { libc::closedir(self.0.as_ptr()) };
+    }
+}
+
+/// An `AF_NETLINK` datagram socket of `protocol` (e.g. `NETLINK_SOCK_DIAG`),
+/// in the calling thread's network namespace, whose receives give up after
+/// `timeout_secs`.
+pub fn netlink_socket(protocol: libc::c_int, timeout_secs: libc::time_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })?;
+    // SAFETY: fd is a freshly created descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: timeout_secs,
+        tv_usec: 0,
+    };
+    // SAFETY: valid fd, pointer/length of a live timeval.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Sends one datagram to the kernel over a netlink socket; returns the bytes sent.
+pub fn send_to_kernel(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid sockaddr_nl.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: valid fd; buf and kernel outlive the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (&raw const kernel).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Receives one datagram into `buf`: its length, and whether it was cut
+/// (longer than `buf`).
+pub fn recv_datagram(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the iovec is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: valid fd; msg points at iov which points at buf, all live.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    Ok((n, msg.msg_flags & libc::MSG_TRUNC != 0))
 }

@@ -232,6 +232,7 @@ fn section(data: &[u8], hdr_len: u32, off: u32, len: u32, what: &str) -> Result<
 }
 
 impl Btf {
+    #[cfg(test)]
     pub fn parse(data: &[u8]) -> Result<Btf> {
         Self::parse_from(data, "BTF data")
     }
@@ -991,5 +992,25 @@ mod tests {
             _pad: 0,
         };
         assert_eq!(got, expected);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests over untrusted input: it must give a value or an
+    //! error, never panic.
+    use proptest::prelude::*;
+
+    use super::Btf;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+    #[test]
+    fn btf_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(btf) = Btf::parse(&bytes) {
+            let _ = btf.member_offset("sock", "sk_socket");
+        }
+    }
     }
 }

@@ -180,3 +180,59 @@ mod tests {
         assert_eq!(ev.comm.text().chars().count(), TASK_COMM_LEN);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests over untrusted input: it must give a value or an
+    //! error, never panic.
+    use std::mem::offset_of;
+
+    use proptest::prelude::*;
+    use tcptrace_common::{AF_INET, AF_INET6, STATE_EVENT_SIZE, StateEvent};
+
+    use super::{DecodeError, decode};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+    #[test]
+    fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        match decode(&bytes) {
+            Ok(ev) => {
+                prop_assert!(bytes.len() >= STATE_EVENT_SIZE);
+                prop_assert!((1..=12).contains(&(ev.oldstate as u8)));
+                prop_assert!((1..=12).contains(&(ev.newstate as u8)));
+            }
+            Err(DecodeError::Short(n)) => prop_assert!(n < STATE_EVENT_SIZE),
+            Err(_) => prop_assert!(bytes.len() >= STATE_EVENT_SIZE),
+        }
+    }
+
+    #[test]
+    fn valid_records_decode_to_their_fields(
+        ts in any::<u64>(), sk in any::<u64>(), sport in any::<u16>(), dport in any::<u16>(),
+        old in 1u8..=12, new in 1u8..=12, v6 in any::<bool>(), addr in any::<[u8; 16]>(),
+    ) {
+        // Written at the shared record's own offsets, never repeated here.
+        let mut raw = vec![0u8; STATE_EVENT_SIZE];
+        let mut put = |at: usize, bytes: &[u8]| raw[at..at + bytes.len()].copy_from_slice(bytes);
+        put(offset_of!(StateEvent, ts_ns), &ts.to_ne_bytes());
+        put(offset_of!(StateEvent, skaddr), &sk.to_ne_bytes());
+        put(offset_of!(StateEvent, saddr), &addr);
+        put(offset_of!(StateEvent, sport), &sport.to_ne_bytes());
+        put(offset_of!(StateEvent, dport), &dport.to_ne_bytes());
+        put(offset_of!(StateEvent, family), &(if v6 { AF_INET6 } else { AF_INET }).to_ne_bytes());
+        put(offset_of!(StateEvent, oldstate), &[old]);
+        put(offset_of!(StateEvent, newstate), &[new]);
+        let ev = decode(&raw).unwrap();
+        prop_assert_eq!((ev.ts_ns, ev.skaddr, ev.lport, ev.rport), (ts, sk, sport, dport));
+        prop_assert_eq!((ev.oldstate as u8, ev.newstate as u8), (old, new));
+        let want: std::net::IpAddr = if v6 {
+            std::net::Ipv6Addr::from(addr).into()
+        } else {
+            std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()
+        };
+        prop_assert_eq!(ev.laddr, want);
+    }
+    }
+}

@@ -97,13 +97,6 @@ impl Log2Hist {
             })
     }
 
-    pub fn merge(&mut self, other: &Self) {
-        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
-            *a += b;
-        }
-        self.max_ns = self.max_ns.max(other.max_ns);
-    }
-
     /// bcc's `print_log2_hist` with leading empty rows stripped: a header,
     /// then one row per bucket from the first non-empty to the last.
     pub fn write_text(&self, out: &mut impl Write, unit: &str) -> io::Result<()> {

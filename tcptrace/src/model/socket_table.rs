@@ -58,10 +58,12 @@ impl SocketTable {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.sockets.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.sockets.is_empty()
     }
@@ -74,6 +76,7 @@ impl SocketTable {
         self.sockets.iter()
     }
 
+    #[cfg(test)]
     pub fn get(&self, key: u64) -> Option<&Socket> {
         self.sockets.get(&key)
     }

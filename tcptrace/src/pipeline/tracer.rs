@@ -77,10 +77,6 @@ impl Tracer {
         })
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
     fn stats(&self) -> Stats {
         Stats {
             lost: self.probe.lost(),

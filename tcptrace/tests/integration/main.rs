@@ -9,9 +9,7 @@
 mod cli;
 mod common;
 mod crosscheck;
-mod fuzz;
 mod hist;
-mod kernel_contract;
 mod leaks;
 mod netns;
 mod owners;

@@ -427,8 +427,15 @@ fn stack_maps_stay_bounded_under_a_connection_storm() {
 /// /proc/PID/fdinfo, its entries from bpftool.
 fn map_entries(pid: u32, name: &str) -> (u64, usize) {
     let bpftool = |args: &[&str]| -> Value {
-        let out = Command::new("bpftool").args(args).output().expect("bpftool");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let ids = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))

@@ -232,10 +232,15 @@ pub struct Collector {
     warned_unreadable: bool,
     /// Stacks are taken: say what opened each socket.
     stacks: bool,
+    /// Fed by a running trace: a socket that entered CLOSE_WAIT since the
+    /// last refresh has its transition on the way, not yet in the table.
+    live: bool,
+    refreshes: u64,
 }
 
 impl Collector {
-    pub fn new(selection: Selection, stacks: bool) -> anyhow::Result<Self> {
+    /// `live`: fed by a running trace (else one snapshot, `--once`).
+    pub fn new(selection: Selection, stacks: bool, live: bool) -> anyhow::Result<Self> {
         let mut index = HolderIndex::new();
         // A refresh rescans on purpose; misses after it need no second scan.
         index.set_min_full_rescan(Duration::from_secs(3600));
@@ -246,6 +251,8 @@ impl Collector {
             route: Route::available(),
             warned_unreadable: false,
             stacks,
+            live,
+            refreshes: 0,
             own_netns: netns::own().map_err(anyhow::Error::from).map_err(|e| {
                 e.context("reading tcptrace's own network namespace (/proc/thread-self/ns/net)")
             })?,
@@ -325,6 +332,18 @@ impl Collector {
             let key = (d.netns, d.inode, tuple);
             seen.insert(key);
             let traced = traced.get(&d.inode).filter(|_| d.inode != 0);
+            // New since the last refresh, and not traced: it entered
+            // CLOSE_WAIT while this refresh ran, and its transition (exact
+            // age, stack) is still in the ring buffer. The next refresh
+            // has it; calling it older than tcptrace would be wrong.
+            if self.live
+                && self.refreshes > 0
+                && traced.is_none()
+                && !self.estimates.contains_key(&key)
+            {
+                self.estimates.insert(key, (now_ns, true));
+                continue;
+            }
             let opened = self.stacks.then(|| match traced {
                 Some((_, Some(o))) => (*o).clone(),
                 _ => Opened::Unknown("in CLOSE_WAIT before tcptrace started"),
@@ -373,6 +392,7 @@ impl Collector {
             });
         }
         self.estimates.retain(|k, _| seen.contains(k));
+        self.refreshes += 1;
         let mut rows = group(sockets, self.own_netns);
         rows.retain(|r| {
             self.selection

@@ -55,7 +55,7 @@ impl ServeSink {
     pub fn new(opts: ServeOptions, metrics: Metrics) -> anyhow::Result<Self> {
         Ok(Self {
             metrics,
-            collector: Collector::new(opts.selection.clone(), false)?,
+            collector: Collector::new(opts.selection.clone(), false, true)?,
             opts,
             last_snapshot: None,
             last_dump: None,
