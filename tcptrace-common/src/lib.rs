@@ -109,7 +109,7 @@ pub struct StateEvent {
 }
 
 pub const STATE_EVENT_SIZE: usize = 104;
-const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);
+const _: () = assert!(size_of::<StateEvent>() == STATE_EVENT_SIZE);
 
 /// Maximum number of values each in-kernel filter list can hold.
 pub const MAX_FILTER_PIDS: usize = 8;
@@ -143,7 +143,7 @@ pub struct Filter {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Filter>() == 128);
+const _: () = assert!(size_of::<Filter>() == 128);
 
 impl Filter {
     pub const NONE: Self = Self {
@@ -209,7 +209,7 @@ pub struct KernelLayout {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 64);
+const _: () = assert!(size_of::<KernelLayout>() == 64);
 
 impl KernelLayout {
     pub const UNKNOWN: u32 = u32::MAX;
@@ -255,7 +255,7 @@ pub struct InetSockSetStateArgs {
     pub daddr_v6: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<InetSockSetStateArgs>() == 72);
+const _: () = assert!(size_of::<InetSockSetStateArgs>() == 72);
 
 /// The fields of [`InetSockSetStateArgs`] as the `format` file names them:
 /// (name, offset, size).
@@ -380,7 +380,7 @@ pub struct SockStack {
     pub caller: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SockStack>() == 16);
+const _: () = assert!(size_of::<SockStack>() == 16);
 
 /// How aggregate mode splits its histograms ([`HistKey::group`]).
 pub const GROUP_NONE: u32 = 0;
@@ -407,7 +407,7 @@ pub struct AggregateConfig {
     pub stream_states: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<AggregateConfig>() == 24);
+const _: () = assert!(size_of::<AggregateConfig>() == 24);
 
 impl AggregateConfig {
     pub const NONE: Self = Self {
@@ -437,7 +437,7 @@ pub struct Config {
     pub stacks: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 240);
+const _: () = assert!(size_of::<Config>() == 240);
 
 impl Config {
     pub const NONE: Self = Self {
@@ -476,7 +476,7 @@ pub struct HistKey {
     pub slot: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<HistKey>() == 24);
+const _: () = assert!(size_of::<HistKey>() == 24);
 
 /// [`HistKey::slot`] of the largest value, in nanoseconds (a per-CPU maximum).
 pub const SLOT_MAX: u8 = 64;
@@ -505,7 +505,7 @@ pub struct TotalHist {
     pub buckets: [u64; LOG2_BUCKETS as usize],
 }
 
-const _: () = assert!(core::mem::size_of::<TotalHist>() == 536);
+const _: () = assert!(size_of::<TotalHist>() == 536);
 
 /// Entries of the per-CPU `TRANSITIONS` counters (aggregate mode): one per
 /// (old state, new state), states being below 16.
@@ -562,7 +562,7 @@ pub struct SockEntry {
     pub owner_passes: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<SockEntry>() == 32);
+const _: () = assert!(size_of::<SockEntry>() == 32);
 
 impl SockEntry {
     pub const FREE: Self = Self {
@@ -600,7 +600,7 @@ pub struct KnownOwner {
     pub passes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KnownOwner>() == 8);
+const _: () = assert!(size_of::<KnownOwner>() == 8);
 
 /// The key of `LISTEN_OWNERS`: a listening port within one network namespace
 /// (every pod may listen on 8080).
@@ -613,7 +613,7 @@ pub struct ListenKey {
     pub _pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
+const _: () = assert!(size_of::<ListenKey>() == 8);
 
 impl ListenKey {
     pub const fn new(netns: u32, port: u16) -> Self {
@@ -627,13 +627,17 @@ impl ListenKey {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding (asserted above).
-    unsafe impl aya::Pod for super::StateEvent {}
-    unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::HistKey {}
-    unsafe impl aya::Pod for super::TotalHist {}
-    unsafe impl aya::Pod for super::SockEntry {}
-    unsafe impl aya::Pod for super::KnownOwner {}
-    unsafe impl aya::Pod for super::ListenKey {}
-    unsafe impl aya::Pod for super::SockStack {}
+    /// Each: plain `#[repr(C)]` integers and byte arrays with no padding
+    /// (sizes asserted above), valid for any bits.
+    macro_rules! pod {
+        ($($t:ident),+) => {
+            $(
+                // SAFETY: see above.
+                unsafe impl aya::Pod for super::$t {}
+            )+
+        };
+    }
+    pod!(
+        StateEvent, Config, HistKey, TotalHist, SockEntry, KnownOwner, ListenKey, SockStack
+    );
 }

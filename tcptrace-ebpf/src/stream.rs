@@ -18,7 +18,7 @@ const SYN_RECV: u8 = TcpState::SynRecv as u8;
 const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
 
 /// A record's footprint in the ring: the event and the kernel's 8-byte header.
-const RECORD_BYTES: u64 = core::mem::size_of::<StateEvent>() as u64 + 8;
+const RECORD_BYTES: u64 = size_of::<StateEvent>() as u64 + 8;
 
 #[inline(always)]
 pub fn transition(t: &Transition, cfg: &Config, passes: bool) {

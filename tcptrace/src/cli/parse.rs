@@ -264,7 +264,7 @@ mod tests {
             (s.lports.as_slice(), s.rports.as_slice()),
             (&[80, 443][..], &[61616][..])
         );
-        assert_eq!(s.family, Some(crate::model::event::Family::V6));
+        assert_eq!(s.family, Some(Family::V6));
         assert_eq!(
             s.comm.map(|c| c.text().into_owned()).as_deref(),
             Some("java")
@@ -308,7 +308,7 @@ mod properties {
     use crate::cli;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+        #![proptest_config(ProptestConfig { cases: 2000, ..Default::default() })]
 
     #[test]
     fn value_parsers_never_panic(s in ".{0,40}") {

@@ -91,11 +91,8 @@ impl Clock {
 /// `HH:MM:SS.` in local time. Zone offsets change on whole seconds, so this
 /// is the same for every instant of the second.
 fn local_hms_prefix(unix_secs: u64) -> String {
-    let secs = unix_secs as libc::time_t;
-    // SAFETY: zeroed tm is a valid out-parameter for localtime_r.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe { libc::localtime_r(&secs, &mut tm) };
-    format!("{:02}:{:02}:{:02}.", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    let (h, m, s) = crate::host::sys::local_time(unix_secs);
+    format!("{h:02}:{m:02}:{s:02}.")
 }
 
 /// Six digits, zero-padded.

@@ -518,7 +518,7 @@ mod tests {
         let laddr = listener.local_addr().unwrap();
         let client = TcpStream::connect(laddr).unwrap();
         let caddr = client.local_addr().unwrap();
-        let uid = unsafe { libc::geteuid() };
+        let uid = sys::effective_uid();
 
         // Before accept() the server-side child exists but has no file: inode 0.
         let child = poll_for(u32::from(TcpState::Established.bit()), Some(family), |s| {
@@ -939,7 +939,7 @@ mod properties {
     use super::parse_messages;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+        #![proptest_config(ProptestConfig { cases: 2000, ..Default::default() })]
 
     #[test]
     fn netlink_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

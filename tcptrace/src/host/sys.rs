@@ -86,6 +86,16 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// (hours, minutes, seconds) of a Unix time in the local time zone.
+pub fn local_time(unix_secs: u64) -> (i32, i32, i32) {
+    let secs = unix_secs as libc::time_t;
+    // SAFETY: a zeroed tm is a valid out-parameter for localtime_r.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to a time and a tm, both live.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    (tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
 /// Moves the calling thread into the network namespace of `ns` (an open
 /// `/proc/PID/ns/net`). Needs CAP_SYS_ADMIN.
 pub fn enter_netns(ns: &impl AsRawFd) -> io::Result<()> {

@@ -1004,7 +1004,7 @@ mod properties {
     use super::Btf;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+        #![proptest_config(ProptestConfig { cases: 2000, ..Default::default() })]
 
     #[test]
     fn btf_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -144,7 +144,7 @@ mod tests {
     fn decodes_ipv6_and_an_unknown_owner() {
         let mut raw = sample();
         raw.family = AF_INET6;
-        raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
         raw.owner_source = OwnerSource::Unknown as u8;
         raw.owner = 0;
         let ev = decode(&bytes_of(&raw)).unwrap();
@@ -193,7 +193,7 @@ mod properties {
     use super::{DecodeError, decode};
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+        #![proptest_config(ProptestConfig { cases: 2000, ..Default::default() })]
 
     #[test]
     fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {

@@ -218,7 +218,7 @@ fn the_socket_table_is_bounded_and_evictions_are_counted() {
 }
 
 /// Runs tcptrace in a private mount namespace prepared by `setup` (bash).
-fn in_mount_ns(setup: &str, exec_prefix: &str, args: &str) -> crate::common::Finished {
+fn in_mount_ns(setup: &str, exec_prefix: &str, args: &str) -> Finished {
     let script = format!("set -e; {setup}; exec {exec_prefix} {BIN} {args}");
     let out = Command::new("unshare")
         .args(["-m", "bash", "-c", &script])
@@ -288,7 +288,7 @@ fn watch_runs_with_only_the_documented_capabilities() {
         &amb,
     ];
     let (l, port) = listener("127.0.0.1:0");
-    let run = crate::common::start_with(&wrapper, &["watch", "--json", "-L", &port.to_string()]);
+    let run = start_with(&wrapper, &["watch", "--json", "-L", &port.to_string()]);
     let c = connect("127.0.0.1", port);
     let (s, _) = l.accept().unwrap();
     drop(c);

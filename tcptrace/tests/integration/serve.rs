@@ -206,7 +206,7 @@ impl BpfStats {
                 libc::SYS_bpf,
                 BPF_ENABLE_STATS,
                 &attr as *const u32,
-                std::mem::size_of::<u32>() as u32,
+                size_of::<u32>() as u32,
             )
         };
         assert!(
@@ -575,7 +575,7 @@ fn rst_on_close(c: &TcpStream) {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            size_of::<libc::linger>() as libc::socklen_t,
         )
     };
 }

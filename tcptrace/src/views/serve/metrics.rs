@@ -64,7 +64,7 @@ pub const SOCKET_STATES: [TcpState; 8] = [
 pub struct StateLabel(pub TcpState);
 
 impl EncodeLabelValue for StateLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
         for c in self.0.name().chars() {
             encoder.write_char(c.to_ascii_lowercase())?;
         }
@@ -114,7 +114,7 @@ impl Handshake {
 }
 
 impl EncodeLabelValue for Handshake {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
         encoder.write_str(self.name())
     }
 }
@@ -359,7 +359,7 @@ struct OwnSnapshot {
 struct OwnCounters(Mutex<OwnSnapshot>);
 
 impl Collector for OwnCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let s = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
         for (name, help, value) in [
             (
@@ -448,7 +448,7 @@ pub struct KernelSnapshot {
 struct KernelSeries(Mutex<KernelSnapshot>);
 
 impl Collector for KernelSeries {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut family = encoder.encode_descriptor(
             "transitions",
