@@ -243,7 +243,7 @@ pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Resu
         "soak: tracer stopped with SIGINT in {} ms ({exit}): {}",
         stop_took.as_millis(),
         match &stats {
-            Ok(s) => s.json(),
+            Ok(s) => s.text.clone(),
             Err(e) => format!("{e:#}"),
         }
     );
@@ -603,14 +603,9 @@ pub fn render(soak: &Soak, checks: &[Check]) -> String {
         thousands(sockets as f64 / f64::from(MAX_SOCKETS))
     );
     let runs = soak.samples.last().map_or(0, |s| s.prog_runs);
-    match soak.stats {
+    match &soak.stats {
         Some(stats) => {
-            let RunStats {
-                events,
-                lost,
-                evicted,
-                ..
-            } = stats;
+            let (events, lost, evicted) = (stats.events, stats.lost, stats.evicted);
             let _ = writeln!(
                 r,
                 "| Events | {} reported by the tracer ({:.1} per connection; its program ran {} times by the last sample) |",
@@ -628,7 +623,7 @@ pub fn render(soak: &Soak, checks: &[Check]) -> String {
             let _ = writeln!(
                 r,
                 "| Statistics written at exit (`--stats-json`) | `{}` |",
-                stats.json()
+                stats.text
             );
         }
         None => {

@@ -515,7 +515,7 @@ impl Running {
 impl Stopped {
     /// tcptrace's statistics, when it wrote them.
     pub fn run_stats(&self) -> Option<RunStats> {
-        self.stats.as_ref()?.as_ref().ok().copied()
+        self.stats.as_ref()?.as_ref().ok().cloned()
     }
 
     /// Events the tracer says it handled: the records it read, or for
