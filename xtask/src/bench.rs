@@ -1,17 +1,22 @@
 //! `cargo xtask bench`: what tcptrace costs a machine opening and closing
 //! TCP connections as fast as it can, next to no tracer, libbpf-tools'
 //! tcpstates and a bpftrace one-liner; then memory, `leaks --once` and
-//! start-up at scale. Writes BENCHMARKS.md (see bench/report.rs). With
-//! `--soak SECS`, only the churn soak (bench/soak.rs), which adds its own
-//! section to BENCHMARKS.md.
+//! start-up at scale, `leaks --once` over 200 network namespaces
+//! (bench/netns.rs), and whether `watch` names each socket's true owner
+//! (bench/owners.rs, bench/activemq.rs). Writes BENCHMARKS.md (see
+//! bench/report.rs). With `--soak SECS`, only the churn soak
+//! (bench/soak.rs), which adds its own section to BENCHMARKS.md.
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+mod activemq;
 mod load;
+mod netns;
+mod owners;
 mod profile;
 mod report;
 mod scale;
@@ -39,10 +44,13 @@ pub struct BenchArgs {
     /// The load generator
     #[arg(long, value_enum, default_value_t = LoadChoice::Auto)]
     load: LoadChoice,
-    /// Only these configurations (comma list of watch, watch-json, leaks, hist, serve, tcpstates, bpftrace)
+    /// Only these configurations (watch, watch-json, leaks, hist, serve,
+    /// tcpstates, bpftrace) and figures (scale, owners, activemq, netns), a
+    /// comma list. Without a configuration there are no throughput rounds;
+    /// without a figure, the figures not skipped by a --no-* switch run
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
-    /// Skip the scale figures (100,000 sockets, leaks --once vs ss, start-up)
+    /// Skip the scale figures (100,000 sockets, leaks --once vs ss, start-up, network namespaces)
     #[arg(long)]
     no_scale: bool,
     /// Skip the perf profile
@@ -59,22 +67,55 @@ pub struct BenchArgs {
         long,
         value_name = "SECS",
         value_parser = clap::value_parser!(u64).range(1..),
-        conflicts_with_all = ["rounds", "secs", "quick", "load", "only", "no_scale", "no_profile"]
+        conflicts_with_all = ["rounds", "secs", "quick", "load", "only", "no_scale", "no_profile", "no_owners", "no_activemq", "no_netns"]
     )]
     soak: Option<u64>,
     /// With --soak: hold the storm to at most this many connections per
     /// second [default: as fast as the storm's threads go]
     #[arg(long, value_name = "CONNS_PER_SEC", requires = "soak", value_parser = clap::value_parser!(u64).range(1..))]
     soak_rate: Option<u64>,
+    /// Skip owner truth (issue 11): the loopback storm and the ActiveMQ scenario
+    #[arg(long)]
+    no_owners: bool,
+    /// Skip the ActiveMQ scenario only (it installs Debian's activemq and a JDK when missing)
+    #[arg(long)]
+    no_activemq: bool,
+    /// Skip the network namespaces' scale figure (200 namespaces × 100 CLOSE_WAIT sockets)
+    #[arg(long)]
+    no_netns: bool,
+    /// Bench this tcptrace binary instead of a release build of the workspace
+    #[arg(long, value_name = "PATH")]
+    tcptrace: Option<PathBuf>,
     /// Internal: hold N loopback connections open until stdin closes (the
     /// scale figures' helper processes)
     #[arg(long, hide = true, value_name = "N")]
     hold: Option<usize>,
+    /// Internal: owner truth's server process
+    #[arg(long, hide = true, value_name = "PRE")]
+    owner_server: Option<usize>,
+    /// Internal: owner truth's client process
+    #[arg(long, hide = true, value_name = "ADDR/PRE")]
+    owner_client: Option<String>,
+    /// Internal: a pod of the namespace scale figure
+    #[arg(long, hide = true, value_name = "NS/N")]
+    hold_close_wait: Option<String>,
 }
+
+/// The figures beside the throughput rounds, as `--only` names them.
+const FIGURES: [&str; 4] = ["scale", "owners", "activemq", "netns"];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     if let Some(n) = args.hold {
         return scale::hold(n);
+    }
+    if let Some(pre) = args.owner_server {
+        return owners::server(pre);
+    }
+    if let Some(spec) = &args.owner_client {
+        return owners::client(spec);
+    }
+    if let Some(spec) = &args.hold_close_wait {
+        return netns::hold_close_wait(spec);
     }
     let started = Instant::now();
     if !crate::setup::is_root() {
@@ -87,7 +128,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             .output
             .clone()
             .unwrap_or_else(|| crate::workspace_root().join("BENCHMARKS.md"));
-        let tcptrace = build_release()?;
+        let tcptrace = tcptrace_binary(args)?;
         sys::catch_interrupt();
         return soak::run(&tcptrace, soak_secs, args.soak_rate, &output);
     }
@@ -96,15 +137,21 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     } else {
         (args.rounds, args.secs)
     };
+    let (figure_keys, config_keys): (Vec<&str>, Vec<&str>) = args
+        .only
+        .iter()
+        .map(|k| k.trim())
+        .partition(|k| FIGURES.contains(k));
     let mut configs = vec![Config::Baseline];
     if args.only.is_empty() {
         configs.extend(Config::ALL.into_iter().filter(|c| *c != Config::Baseline));
     } else {
-        for key in &args.only {
-            let c = Config::from_key(key.trim()).with_context(|| {
+        for key in &config_keys {
+            let c = Config::from_key(key).with_context(|| {
                 format!(
-                    "--only: unknown configuration '{key}' (one of {})",
-                    Config::ALL.map(Config::key).join(", ")
+                    "--only: unknown configuration or figure '{key}' (configurations: {}; figures: {})",
+                    Config::ALL.map(Config::key).join(", "),
+                    FIGURES.join(", ")
                 )
             })?;
             if !configs.contains(&c) {
@@ -112,7 +159,27 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             }
         }
     }
-    let partial = args.quick || !args.only.is_empty() || args.no_scale || args.no_profile;
+    // `--only` naming figures runs those; otherwise every figure runs but
+    // those a `--no-*` switch skips.
+    let wants = |figure: &str, skipped: bool| {
+        if figure_keys.is_empty() {
+            !skipped
+        } else {
+            figure_keys.contains(&figure)
+        }
+    };
+    let run_rounds = args.only.is_empty() || !config_keys.is_empty();
+    let run_scale = wants("scale", args.no_scale);
+    let run_owners = wants("owners", args.no_owners);
+    let run_activemq = wants("activemq", args.no_owners || args.no_activemq);
+    let run_netns = wants("netns", args.no_scale || args.no_netns);
+    let partial = args.quick
+        || !args.only.is_empty()
+        || args.no_scale
+        || args.no_profile
+        || args.no_owners
+        || args.no_activemq
+        || args.no_netns;
     let output = args.output.clone().unwrap_or_else(|| {
         if partial {
             crate::target_dir().join("bench").join(if args.quick {
@@ -125,7 +192,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
     });
 
-    let tcptrace = build_release()?;
+    let tcptrace = tcptrace_binary(args)?;
     sys::catch_interrupt();
     let tools = Tools::find(tcptrace);
     let unavailable: Vec<(Config, String)> = configs
@@ -133,7 +200,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .filter_map(|&c| tools.unavailable(c).map(|why| (c, why)))
         .collect();
     for (c, why) in &unavailable {
-        println!("bench: {}: {why}", c.key());
+        eprintln!("bench: {}: {why}", c.key());
     }
     let traced: Vec<Config> = configs
         .iter()
@@ -141,20 +208,167 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .filter(|c| *c != Config::Baseline && tools.unavailable(*c).is_none())
         .collect();
 
-    let machine_start = machine(&tools);
+    let mut machine = machine(&tools, args.tcptrace.is_some());
     let stats = sys::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
     let stats_was = stats.old().to_owned();
     let dir = sys::TempDir::new("bench")?;
-    let (mut load, fallback) = Load::start(args.load, dir.path())?;
-    if let Some(f) = &fallback {
-        println!("bench: {f}");
-    }
-    println!("bench: load: {}", load.describe());
     let poker = Poker::new()?;
+    let rounds_done = if run_rounds {
+        run_rounds_and_profiles(&tools, &poker, args, &traced, (rounds, secs), dir.path())?
+    } else {
+        Rounds::default()
+    };
 
-    println!("bench: warm-up run ({secs} s, not counted)");
-    let warm = load.run(secs)?;
+    let scale = if run_scale {
+        sys::bail_if_interrupted()?;
+        Some(scale::run(
+            &tools,
+            &poker,
+            if args.quick { 3 } else { 10 },
+            dir.path(),
+        ))
+    } else {
+        None
+    };
+    let netns = if run_netns {
+        sys::bail_if_interrupted()?;
+        let (namespaces, repeats) = if args.quick {
+            (netns::NAMESPACES_QUICK, 3)
+        } else {
+            (netns::NAMESPACES, 5)
+        };
+        eprintln!(
+            "bench: netns: {namespaces} network namespaces of {} CLOSE_WAIT sockets each",
+            netns::PER_NAMESPACE
+        );
+        Some(
+            netns::run(&tools, namespaces, repeats, dir.path()).map_err(|e| {
+                eprintln!("bench: netns failed: {e:#}");
+                format!("{e:#}")
+            }),
+        )
+    } else {
+        None
+    };
+    let owner_truth = if run_owners {
+        sys::bail_if_interrupted()?;
+        let (owner_secs, pre) = if args.quick {
+            (2, owners::PRE_CONNECTIONS_QUICK)
+        } else {
+            (5, owners::PRE_CONNECTIONS)
+        };
+        eprintln!("bench: owners: owner truth on loopback, {owner_secs} s of storm");
+        Some(
+            owners::run(&tools, &poker, owner_secs, pre, dir.path()).map_err(|e| {
+                eprintln!("bench: owners failed: {e:#}");
+                format!("{e:#}")
+            }),
+        )
+    } else {
+        None
+    };
+    let broker = if run_activemq {
+        sys::bail_if_interrupted()?;
+        eprintln!(
+            "bench: activemq: owner truth with Debian's ActiveMQ broker and its client library"
+        );
+        Some(activemq::run(&tools, &poker, dir.path()).map_err(|e| {
+            eprintln!("bench: activemq failed: {e:#}");
+            format!("{e:#}")
+        }))
+    } else {
+        None
+    };
+    sys::bail_if_interrupted()?;
+    drop(stats);
+
+    machine.loadavg_end = loadavg();
+    let bench = Bench {
+        machine,
+        load_name: rounds_done.load_name,
+        load: rounds_done.load,
+        fallback: rounds_done.fallback,
+        rounds,
+        secs,
+        quick: args.quick,
+        stats_was,
+        configs: if run_rounds { configs } else { Vec::new() },
+        unavailable,
+        runs: rounds_done.runs,
+        storm_check: rounds_done.storm_check,
+        scale,
+        netns,
+        owners: owner_truth,
+        activemq: broker,
+        floors: rounds_done.floors,
+        profiles: rounds_done.profiles,
+        prog_names: rounds_done.prog_names,
+        elapsed: started.elapsed(),
+    };
+    let mut text = report::render(&bench);
+    if let Some(parent) = output.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    // The soak is run on its own (`--soak`): keep its section.
+    if let Some(section) = fs::read_to_string(&output)
+        .ok()
+        .as_deref()
+        .and_then(soak::section_of)
+    {
+        text = soak::splice(&text, section);
+    }
+    fs::write(&output, &text).with_context(|| format!("writing {}", output.display()))?;
+    let summaries = report::summarize(&bench);
+    if !bench.runs.is_empty() {
+        println!("\n{}", report::results_table(&summaries));
+    }
+    if let Some(f) = &bench.scale {
+        println!("{}", report::scale_table(f));
+    }
     println!(
+        "{}",
+        report::targets_table(&report::targets(&bench, &summaries))
+    );
+    eprintln!(
+        "bench: wrote {} in {:.1} min",
+        output.display(),
+        bench.elapsed.as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// What the throughput rounds, and the runs that share their load, measured.
+#[derive(Default)]
+struct Rounds {
+    load_name: String,
+    load: String,
+    fallback: Option<String>,
+    runs: Vec<RunRecord>,
+    storm_check: Vec<(Config, Result<Measured, String>)>,
+    floors: Vec<(Config, Result<Measured, String>)>,
+    profiles: Vec<(Config, Result<profile::Profile, String>)>,
+    prog_names: Vec<(Config, String)>,
+}
+
+/// The rounds under the load, the lost-events check under the storm, the
+/// floor programs and the profiles.
+fn run_rounds_and_profiles(
+    tools: &Tools,
+    poker: &Poker,
+    args: &BenchArgs,
+    traced: &[Config],
+    (rounds, secs): (u32, u64),
+    dir: &Path,
+) -> Result<Rounds> {
+    let (mut load, fallback) = Load::start(args.load, dir)?;
+    if let Some(f) = &fallback {
+        eprintln!("bench: {f}");
+    }
+    eprintln!("bench: load: {}", load.describe());
+
+    eprintln!("bench: warm-up run ({secs} s, not counted)");
+    let warm = load.run(secs)?;
+    eprintln!(
         "bench: warm-up: {} conns/s",
         report::thousands(warm.conns_per_sec)
     );
@@ -179,12 +393,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut prog_names: Vec<(Config, String)> = Vec::new();
     for (i, &(round, config)) in plan.iter().enumerate() {
         sys::bail_if_interrupted()?;
-        let outcome = measure(&tools, config, &mut load, &poker, secs);
+        let outcome = measure(tools, config, &mut load, poker, secs);
         let line = match &outcome {
             Ok((m, _)) => progress(m),
             Err(e) => format!("failed: {e:#}"),
         };
-        println!(
+        eprintln!(
             "bench: [{}/{}] round {round} {}: {line}",
             i + 1,
             plan.len(),
@@ -209,13 +423,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let modes: Vec<Config> = traced.iter().copied().filter(|c| c.is_tcptrace()).collect();
     if !load.is_storm() && !modes.is_empty() {
         let mut storm = Load::storm()?;
-        println!("bench: lost events under the {}", storm.describe());
+        eprintln!("bench: lost events under the {}", storm.describe());
         for config in modes {
             sys::bail_if_interrupted()?;
-            let outcome = measure(&tools, config, &mut storm, &poker, secs).map(|(m, _)| m);
+            let outcome = measure(tools, config, &mut storm, poker, secs).map(|(m, _)| m);
             match &outcome {
-                Ok(m) => println!("bench: storm {}: {}", config.key(), progress(m)),
-                Err(e) => println!("bench: storm {}: failed: {e:#}", config.key()),
+                Ok(m) => eprintln!("bench: storm {}: {}", config.key(), progress(m)),
+                Err(e) => eprintln!("bench: storm {}: failed: {e:#}", config.key()),
             }
             storm_check.push((config, outcome.map_err(|e| format!("{e:#}"))));
         }
@@ -227,10 +441,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if tools.bpftrace.is_some() && args.only.is_empty() {
         for (config, _, _) in tracers::FLOOR_PROGRAMS {
             sys::bail_if_interrupted()?;
-            let outcome = measure(&tools, config, &mut load, &poker, secs).map(|(m, _)| m);
+            let outcome = measure(tools, config, &mut load, poker, secs).map(|(m, _)| m);
             match &outcome {
-                Ok(m) => println!("bench: floor {}: {}", config.key(), progress(m)),
-                Err(e) => println!("bench: floor {}: failed: {e:#}", config.key()),
+                Ok(m) => eprintln!("bench: floor {}: {}", config.key(), progress(m)),
+                Err(e) => eprintln!("bench: floor {}: failed: {e:#}", config.key()),
             }
             floors.push((config, outcome.map_err(|e| format!("{e:#}"))));
         }
@@ -241,97 +455,56 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if !args.no_profile {
         for config in traced.iter().copied().filter(|c| c.is_tcptrace()) {
             sys::bail_if_interrupted()?;
-            println!(
+            eprintln!(
                 "bench: profile: perf record -a -g for {secs} s with {}",
                 config.key()
             );
-            let p =
-                profile::run(&tools, config, &mut load, &poker, secs, dir.path()).map_err(|e| {
-                    println!("bench: profile failed: {e:#}");
-                    format!("{e:#}")
-                });
+            let p = profile::run(tools, config, &mut load, poker, secs, dir).map_err(|e| {
+                eprintln!("bench: profile failed: {e:#}");
+                format!("{e:#}")
+            });
             profiles.push((config, p));
         }
     }
-    let load_desc = load.describe();
-    let load_name = if load.is_storm() {
-        "in-repo storm"
-    } else {
-        "nginx + wrk"
-    }
-    .to_owned();
-    drop(load);
-
-    let scale = if args.no_scale {
-        None
-    } else {
-        sys::bail_if_interrupted()?;
-        Some(scale::run(
-            &tools,
-            &poker,
-            if args.quick { 3 } else { 10 },
-            dir.path(),
-        ))
-    };
-    sys::bail_if_interrupted()?;
-    drop(stats);
-
-    let mut machine = machine_start;
-    machine.loadavg_end = loadavg();
-    let bench = Bench {
-        machine,
-        load_name,
-        load: load_desc,
+    Ok(Rounds {
+        load: load.describe(),
+        load_name: if load.is_storm() {
+            "in-repo storm"
+        } else {
+            "nginx + wrk"
+        }
+        .to_owned(),
         fallback,
-        rounds,
-        secs,
-        quick: args.quick,
-        stats_was,
-        configs,
-        unavailable,
         runs,
         storm_check,
-        scale,
         floors,
         profiles,
         prog_names,
-        elapsed: started.elapsed(),
-    };
-    let mut text = report::render(&bench);
-    if let Some(parent) = output.parent() {
-        fs::create_dir_all(parent)?;
+    })
+}
+
+/// `--tcptrace PATH`, or a release build of the workspace's.
+fn tcptrace_binary(args: &BenchArgs) -> Result<PathBuf> {
+    match &args.tcptrace {
+        Some(path) => {
+            if !path.is_file() {
+                bail!("--tcptrace {}: no such file", path.display());
+            }
+            eprintln!(
+                "bench: benching {} (--tcptrace), not a build of the workspace",
+                path.display()
+            );
+            fs::canonicalize(path).with_context(|| format!("--tcptrace {}", path.display()))
+        }
+        None => build_release(),
     }
-    // The soak is run on its own (`--soak`): keep its section.
-    if let Some(section) = fs::read_to_string(&output)
-        .ok()
-        .as_deref()
-        .and_then(soak::section_of)
-    {
-        text = soak::splice(&text, section);
-    }
-    fs::write(&output, &text).with_context(|| format!("writing {}", output.display()))?;
-    let summaries = report::summarize(&bench);
-    println!("\n{}", report::results_table(&summaries));
-    if let Some(f) = &bench.scale {
-        println!("{}", report::scale_table(f));
-    }
-    println!(
-        "{}",
-        report::targets_table(&report::targets(&bench, &summaries))
-    );
-    println!(
-        "bench: wrote {} in {:.1} min",
-        output.display(),
-        bench.elapsed.as_secs_f64() / 60.0
-    );
-    Ok(())
 }
 
 /// Set-up (packages: nginx, wrk, bpftrace, libbpf-tools, perf), then a
 /// release build of tcptrace; its path.
 fn build_release() -> Result<PathBuf> {
     if let Err(e) = crate::setup::ensure(false) {
-        println!("bench: set-up incomplete ({e:#}); carrying on with what is installed");
+        eprintln!("bench: set-up incomplete ({e:#}); carrying on with what is installed");
     }
     crate::cmd::run(
         Command::new(crate::cargo())
@@ -462,7 +635,7 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
-fn machine(tools: &Tools) -> Machine {
+fn machine(tools: &Tools, given: bool) -> Machine {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -500,7 +673,11 @@ fn machine(tools: &Tools) -> Machine {
         crate::cmd::stdout(Command::new(&tools.tcptrace).arg("--version"))
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|| "?".to_owned())
-            + " (release build)",
+            + &if given {
+                format!(" ({}, given with --tcptrace)", tools.tcptrace.display())
+            } else {
+                " (release build)".to_owned()
+            },
     )];
     for package in [
         "nginx",

@@ -149,8 +149,12 @@ fn wrk(url: &str, secs: u64) -> Result<LoadRun> {
 
 /// The in-repo storm: two client threads per core, one acceptor.
 pub fn default_storm() -> Result<Storm> {
-    let cores = thread::available_parallelism().map_or(2, |n| n.get());
-    Storm::start(2 * cores, 1)
+    Storm::start(storm_clients(), 1)
+}
+
+/// The in-repo storm's client threads: two per core.
+pub fn storm_clients() -> usize {
+    2 * thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 pub fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::profile::Profile;
 use super::scale::{self, Figures};
 use super::tracers::{Config, KernelCost};
+use super::{activemq, netns, owners};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// The targets of issue 6.
@@ -67,6 +68,11 @@ pub struct Bench {
     /// Each tcptrace mode once under the in-repo storm (when the main load was nginx).
     pub storm_check: Vec<(Config, Result<Measured, String>)>,
     pub scale: Option<Figures>,
+    /// `leaks --once` over many network namespaces (issue 12).
+    pub netns: Option<Result<netns::Scale, String>>,
+    /// Owner truth on loopback, and with the ActiveMQ broker (issue 11).
+    pub owners: Option<Result<owners::OwnerTruth, String>>,
+    pub activemq: Option<Result<activemq::Broker, String>>,
     /// The floor programs, once each under the load.
     pub floors: Vec<(Config, Result<Measured, String>)>,
     /// Each tcptrace mode under perf.
@@ -233,11 +239,11 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn durations_ms(v: &[Duration]) -> Vec<f64> {
+pub fn durations_ms(v: &[Duration]) -> Vec<f64> {
     v.iter().map(|d| d.as_secs_f64() * 1e3).collect()
 }
 
-fn med_range(v: &[f64], unit: &str, digits: usize) -> String {
+pub fn med_range(v: &[f64], unit: &str, digits: usize) -> String {
     match (median(v), min_max(v)) {
         (Some(m), Some((lo, hi))) if v.len() > 1 => {
             format!("{m:.digits$} {unit} ({lo:.digits$}–{hi:.digits$})")
@@ -358,7 +364,8 @@ pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
                 gap
             },
         }),
-        None => out.push(not_measured(kernel_what)),
+        None if !bench.runs.is_empty() => out.push(not_measured(kernel_what)),
+        None => {}
     }
     for (config, limit) in [
         (Config::Leaks, TARGET_LOSS_QUIET),
@@ -522,6 +529,7 @@ pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
             },
         });
     }
+    figure_targets(bench, &mut out);
     out
 }
 
@@ -709,6 +717,195 @@ pub fn render(bench: &Bench) -> String {
     for (tool, version) in &m.tools {
         let _ = writeln!(r, "| {tool} | {version} |");
     }
+    if !bench.runs.is_empty() {
+        method_and_results(&mut r, bench, &summaries);
+    }
+    if let Some(f) = &bench.scale {
+        r.push_str("\n## Scale\n\n");
+        r.push_str(&scale_table(f));
+    }
+    netns_section(&mut r, bench);
+    owners_section(&mut r, bench);
+    r.push_str("\n## Targets\n\n");
+    r.push_str(&targets_table(&targets));
+    if bench.runs.is_empty() {
+        return r;
+    }
+    if let Some(floor) = summaries
+        .iter()
+        .find(|s| s.config == Config::Bpftrace)
+        .and_then(|s| median(&s.kernel_ns))
+    {
+        let _ = writeln!(
+            r,
+            "\nCalibration: the bpftrace one-liner that only counts transitions in a map costs {} ns/event on this machine (with stats enabled); the {TARGET_KERNEL_NS:.0} ns target was set where it costs about 83 ns. The floor and the profiles below say where each mode's cost goes.",
+            thousands(floor)
+        );
+    }
+    floor_section(&mut r, bench, &summaries);
+    profiles_section(&mut r, bench, &summaries);
+    if let Some(Figures {
+        leaks_once: Ok(l), ..
+    }) = &bench.scale
+    {
+        match &l.profile {
+            Ok(p) => {
+                let _ = writeln!(
+                    r,
+                    "\n`perf record -g` of one `tcptrace leaks --once` over {} CLOSE_WAIT sockets, with children:\n\n```\n{p}```",
+                    thousands(l.sockets as f64)
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(r, "\nNo profile of `leaks --once`: {e}");
+            }
+        }
+    }
+    every_run(&mut r, bench);
+    r
+}
+
+/// `## Network namespaces`: `leaks --once` over many namespaces, next to `ss` in each.
+fn netns_section(r: &mut String, bench: &Bench) {
+    let Some(n) = &bench.netns else {
+        return;
+    };
+    r.push_str("\n## Network namespaces\n\n");
+    match n {
+        Ok(s) => netns::render(
+            r,
+            s,
+            &format!("{} × {}", bench.machine.cpus, bench.machine.model),
+        ),
+        Err(e) => {
+            let _ = writeln!(r, "Failed: {e}");
+        }
+    }
+}
+
+/// `## Owner truth`: whom `watch` names, against whom holds each socket.
+fn owners_section(r: &mut String, bench: &Bench) {
+    if bench.owners.is_none() && bench.activemq.is_none() {
+        return;
+    }
+    r.push_str("\n## Owner truth\n\nWhether `tcptrace watch --json` names the process holding each socket (issue 11), where the task on the CPU is often the peer: both ends local, clients closing on EOF at once. The target: every transition right or explicitly unknown (`pid: null`), none wrong.\n");
+    if let Some(o) = &bench.owners {
+        r.push_str("\n### Loopback: a server process and a client process\n\n");
+        match o {
+            Ok(o) => owners::render(r, o),
+            Err(e) => {
+                let _ = writeln!(r, "Failed: {e}");
+            }
+        }
+    }
+    if let Some(b) = &bench.activemq {
+        r.push_str("\n### Debian's ActiveMQ broker and its client library\n\n");
+        match b {
+            Ok(b) => activemq::render(r, b),
+            Err(e) => {
+                let _ = writeln!(r, "Failed: {e}");
+            }
+        }
+    }
+}
+
+/// The owner-truth target for one set of transitions.
+fn owner_target(what: String, t: &owners::Tally) -> Target {
+    let total = t.total();
+    let share = |n: u64| n as f64 * 100.0 / total.max(1) as f64;
+    Target {
+        what,
+        measured: format!(
+            "{} transitions: {:.1}% right, {:.1}% unknown, {} wrong",
+            thousands(total as f64),
+            share(t.right()),
+            share(t.unknown),
+            thousands(t.wrong() as f64)
+        ),
+        met: Some(total > 0 && t.wrong() == 0),
+        gap: if t.wrong() == 0 {
+            "—".to_owned()
+        } else {
+            format!(
+                "{} named the peer, {} another process",
+                thousands(t.peer as f64),
+                thousands(t.other as f64)
+            )
+        },
+    }
+}
+
+fn failed_target(what: String, e: &str) -> Target {
+    Target {
+        what,
+        measured: format!("failed: {e}"),
+        met: None,
+        gap: "not measured".to_owned(),
+    }
+}
+
+/// The targets of the figures beside the rounds: namespaces and owner truth.
+fn figure_targets(bench: &Bench, out: &mut Vec<Target>) {
+    match &bench.netns {
+        Some(Ok(s)) => {
+            let total = (s.namespaces * s.per) as u64;
+            let ss = netns::median_ms(&s.ss).unwrap_or(f64::NAN);
+            for (how, times, found) in [
+                ("as root", &s.root, &s.root_found),
+                ("without CAP_SYS_ADMIN", &s.no_admin, &s.no_admin_found),
+            ] {
+                let lk = netns::median_ms(times).unwrap_or(f64::NAN);
+                let whole = found.right == total && found.elsewhere == 0;
+                out.push(Target {
+                    what: format!(
+                        "`leaks --once` {how} over {} namespaces × {} CLOSE_WAIT faster than `ss` in each, every socket with its holder's pid",
+                        s.namespaces, s.per
+                    ),
+                    measured: format!(
+                        "{lk:.0} ms vs {ss:.0} ms (medians); {} of {} sockets with the right pid and namespace",
+                        thousands(found.right as f64),
+                        thousands(total as f64)
+                    ),
+                    met: Some(lk < ss && whole),
+                    gap: match (lk < ss, whole) {
+                        (true, true) => format!("{:.2}× faster", ss / lk),
+                        (false, _) => format!("{:.2}× slower (+{:.0} ms)", lk / ss, lk - ss),
+                        (true, false) => format!(
+                            "{} sockets missed, {} named wrongly",
+                            thousands((total - found.right) as f64),
+                            thousands(found.elsewhere as f64)
+                        ),
+                    },
+                });
+            }
+        }
+        Some(Err(e)) => out.push(failed_target(
+            "`leaks --once` over 200 namespaces faster than `ss` in each".to_owned(),
+            e,
+        )),
+        None => {}
+    }
+    match &bench.owners {
+        Some(Ok(o)) => out.push(owner_target(
+            "owner truth on loopback: every transition's owner right or unknown, none wrong"
+                .to_owned(),
+            &o.classified.total(),
+        )),
+        Some(Err(e)) => out.push(failed_target("owner truth on loopback".to_owned(), e)),
+        None => {}
+    }
+    match &bench.activemq {
+        Some(Ok(b)) => out.push(owner_target(
+            "owner truth with ActiveMQ: the JVM's `ESTABLISHED -> CLOSE_WAIT` right or unknown, none wrong".to_owned(),
+            &b.close_wait,
+        )),
+        Some(Err(e)) => out.push(failed_target("owner truth with ActiveMQ".to_owned(), e)),
+        None => {}
+    }
+}
+
+/// `## Method`, `## Results` and the lost-events check: the throughput rounds.
+fn method_and_results(r: &mut String, bench: &Bench, summaries: &[Summary]) {
     r.push_str("\n## Method\n\n");
     let _ = writeln!(r, "- Load: {}.", bench.load);
     if let Some(f) = &bench.fallback {
@@ -735,7 +932,7 @@ pub fn render(bench: &Bench) -> String {
         let _ = writeln!(r, "- Kernel program names seen: {}.", names.join(", "));
     }
     r.push_str("\n## Results\n\n");
-    r.push_str(&results_table(&summaries));
+    r.push_str(&results_table(summaries));
     let notes: Vec<String> = summaries
         .iter()
         .flat_map(|s| {
@@ -782,42 +979,10 @@ pub fn render(bench: &Bench) -> String {
             }
         }
     }
-    if let Some(f) = &bench.scale {
-        r.push_str("\n## Scale\n\n");
-        r.push_str(&scale_table(f));
-    }
-    r.push_str("\n## Targets\n\n");
-    r.push_str(&targets_table(&targets));
-    if let Some(floor) = summaries
-        .iter()
-        .find(|s| s.config == Config::Bpftrace)
-        .and_then(|s| median(&s.kernel_ns))
-    {
-        let _ = writeln!(
-            r,
-            "\nCalibration: the bpftrace one-liner that only counts transitions in a map costs {} ns/event on this machine (with stats enabled); the {TARGET_KERNEL_NS:.0} ns target was set where it costs about 83 ns. The floor and the profiles below say where each mode's cost goes.",
-            thousands(floor)
-        );
-    }
-    floor_section(&mut r, bench, &summaries);
-    profiles_section(&mut r, bench, &summaries);
-    if let Some(Figures {
-        leaks_once: Ok(l), ..
-    }) = &bench.scale
-    {
-        match &l.profile {
-            Ok(p) => {
-                let _ = writeln!(
-                    r,
-                    "\n`perf record -g` of one `tcptrace leaks --once` over {} CLOSE_WAIT sockets, with children:\n\n```\n{p}```",
-                    thousands(l.sockets as f64)
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(r, "\nNo profile of `leaks --once`: {e}");
-            }
-        }
-    }
+}
+
+/// `## Every run`: each run in the order they ran.
+fn every_run(r: &mut String, bench: &Bench) {
     r.push_str("\n## Every run\n\n<details><summary>In the order they ran</summary>\n\n");
     r.push_str("| # | Round | Configuration | conns/s | vs neighbours | kernel ns/event | program runs / tracer's events | CPU µs/event | lost | peak RSS |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
     let ratios = run_ratios(&bench.runs);
@@ -858,7 +1023,6 @@ pub fn render(bench: &Bench) -> String {
         }
     }
     r.push_str("\n</details>\n");
-    r
 }
 
 /// Kernel ns/event of one measured run, if it ran.

@@ -63,17 +63,17 @@ pub fn run(tools: &Tools, poker: &Poker, repeats: usize, dir: &Path) -> Figures 
         leaks_once: Err(anyhow::anyhow!("not run")),
         attach: Err(anyhow::anyhow!("not run")),
     };
-    println!("bench: scale: start to attached, {repeats} runs of `tcptrace watch`");
+    eprintln!("bench: scale: start to attached, {repeats} runs of `tcptrace watch`");
     figures.attach = attach_times(tools, repeats);
     if sys::interrupted() {
         return figures;
     }
-    println!("bench: scale: `tcptrace watch` while {TRACKED_SOCKETS} sockets open");
+    eprintln!("bench: scale: `tcptrace watch` while {TRACKED_SOCKETS} sockets open");
     figures.tracked = tracked(tools, poker);
     if sys::interrupted() {
         return figures;
     }
-    println!(
+    eprintln!(
         "bench: scale: `leaks --once` and `ss -tanp state close-wait` over {CLOSE_WAIT_SOCKETS} CLOSE_WAIT sockets, {repeats} runs each"
     );
     figures.leaks_once = leaks_once(tools, repeats.max(5), dir);
@@ -91,7 +91,7 @@ fn attach_times(tools: &Tools, repeats: usize) -> Result<Vec<Duration>> {
         // Let the detach finish before the next start.
         thread::sleep(Duration::from_millis(200));
     }
-    println!(
+    eprintln!(
         "bench: scale: attached after {}",
         times
             .iter()
@@ -127,7 +127,7 @@ fn tracked(tools: &Tools, poker: &Poker) -> Result<Tracked> {
     let start = Instant::now();
     let helpers = Helpers::spawn(TRACKED_SOCKETS / 2)?;
     let open_secs = start.elapsed().as_secs_f64();
-    println!(
+    eprintln!(
         "bench: scale: {} sockets open in {open_secs:.1} s ({} helper processes); waiting for tcptrace to catch up",
         helpers.sockets,
         helpers.procs.len()
@@ -171,7 +171,7 @@ fn tracked(tools: &Tools, poker: &Poker) -> Result<Tracked> {
 /// files for all of them (RLIMIT_NOFILE's hard limit, which only
 /// CAP_SYS_RESOURCE raises).
 struct Helpers {
-    procs: Vec<std::process::Child>,
+    procs: Vec<sys::Helper>,
     sockets: usize,
 }
 
@@ -192,22 +192,15 @@ impl Helpers {
         while left > 0 {
             sys::bail_if_interrupted()?;
             let n = left.min(per);
-            let mut child = Command::new(&exe)
-                .args(["bench", "--hold", &n.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("starting a socket-holding helper")?;
-            let stdout = child.stdout.take().expect("piped");
-            helpers.procs.push(child);
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-            let held: usize = line
-                .trim()
-                .strip_prefix("held ")
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("helper: {}", line.trim()))?;
-            helpers.sockets += held;
+            let mut helper = sys::Helper::spawn(
+                "a socket-holding helper",
+                Command::new(&exe).args(["bench", "--hold", &n.to_string()]),
+            )?;
+            let held = helper.expect("held ", Duration::from_secs(300))?;
+            helpers.procs.push(helper);
+            helpers.sockets += held
+                .parse::<usize>()
+                .with_context(|| format!("helper: held {held}"))?;
             left -= n;
         }
         Ok(helpers)
@@ -216,12 +209,9 @@ impl Helpers {
 
 impl Drop for Helpers {
     fn drop(&mut self) {
-        // Closing their stdin tells them to exit.
+        // All told first, so they exit together.
         for p in &mut self.procs {
-            drop(p.stdin.take());
-        }
-        for p in &mut self.procs {
-            let _ = p.wait();
+            p.close_stdin();
         }
     }
 }
@@ -361,17 +351,23 @@ fn count_close_wait() -> usize {
         .unwrap_or(0)
 }
 
-/// Wall time of one run with stdout to /dev/null; an error unless it exits 0.
-fn time(cmd: &mut Command) -> Result<Duration> {
+/// Wall time of one run with stdout to /dev/null; an error (with its
+/// stderr) unless it exits 0.
+pub fn time(cmd: &mut Command) -> Result<Duration> {
     let start = Instant::now();
-    let status = cmd
+    let out = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .output()
         .with_context(|| format!("cannot run {}", crate::cmd::display(cmd)))?;
     let took = start.elapsed();
-    if !status.success() {
-        bail!("{} failed ({status})", crate::cmd::display(cmd));
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            crate::cmd::display(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(took)
 }

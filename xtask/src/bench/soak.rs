@@ -89,7 +89,8 @@ pub struct Soak {
 pub fn run(tcptrace: &Path, secs: u64, pace: Option<u64>, output: &Path) -> Result<()> {
     let started = Instant::now();
     let tools = Tools::find(tcptrace.to_path_buf());
-    let machine = super::machine(&tools);
+    // Its section names no tool versions, so whether tcptrace was given does not show.
+    let machine = super::machine(&tools, false);
     // Run counts prove the tracer attached, and count the state changes.
     let bpf_stats = sys::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
     let storm = super::load::default_storm()?;

@@ -33,6 +33,11 @@ impl Storm {
     /// A server with `acceptors` threads; each run uses `clients` threads.
     pub fn start(clients: usize, acceptors: usize) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("storm: binding a listener")?;
+        Self::serve(listener, clients, acceptors)
+    }
+
+    /// [`Storm::start`] on a listener the caller made.
+    pub fn serve(listener: TcpListener, clients: usize, acceptors: usize) -> Result<Self> {
         let addr = listener.local_addr()?;
         let listener = Arc::new(listener);
         let stop = Arc::new(AtomicBool::new(false));
@@ -49,6 +54,17 @@ impl Storm {
             stop,
             acceptors,
         })
+    }
+
+    /// Clients only, `clients` threads per run, for a storm server in
+    /// another process: each end of a connection then has its own owner.
+    pub fn to(addr: SocketAddr, clients: usize) -> Self {
+        Self {
+            addr,
+            clients: clients.max(1),
+            stop: Arc::new(AtomicBool::new(false)),
+            acceptors: Vec::new(),
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -197,6 +213,14 @@ mod tests {
         let run = storm.run(Duration::from_millis(300));
         assert!(run.conns_per_sec > 100.0, "{}", run.conns_per_sec);
         assert!(run.completed > 30);
+    }
+
+    #[test]
+    fn clients_for_a_server_elsewhere() {
+        let server = Storm::start(1, 1).unwrap();
+        let run = Storm::to(server.addr, 2).run(Duration::from_millis(500));
+        assert!(run.completed > 0, "{}", run.completed);
+        assert_eq!(run.errors, 0);
     }
 
     #[test]

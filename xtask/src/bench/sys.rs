@@ -1,12 +1,14 @@
 //! What the bench reads from and does to the system: /proc, BPF program
 //! statistics, sysctls, signals, rlimits, and child processes whose stderr
 //! is watched line by line.
+use std::collections::VecDeque;
 use std::fs;
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -128,6 +130,17 @@ pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
         let v = l.strip_prefix(key)?.strip_prefix(':')?;
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// A process's proportional set size (`Pss` of /proc/PID/smaps_rollup):
+/// its memory with the pages it shares divided among their sharers, so the
+/// sum over many processes of one binary is what they take together.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup.lines().find_map(|l| {
+        let v = l.strip_prefix("Pss:")?;
         v.split_whitespace().next()?.parse().ok()
     })
 }
@@ -439,6 +452,148 @@ impl Drop for Proc {
     }
 }
 
+/// A child that talks in lines: the bench's own hidden helpers (`cargo
+/// xtask bench --hold ...`) and the Java client. Its stdout lines are
+/// collected as they come and its last stderr lines kept for errors;
+/// closing its stdin tells it to exit, and dropping it does that, waits a
+/// little, then kills it.
+pub struct Helper {
+    pub name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    rx: Receiver<String>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Helper {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({})", crate::cmd::display(cmd)))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let keep = Arc::clone(&stderr);
+        let err = child.stderr.take().expect("stderr is piped");
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut kept = keep.lock().unwrap_or_else(PoisonError::into_inner);
+                if kept.len() == 5 {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            rx,
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its last stderr lines, for an error message.
+    pub fn stderr_tail(&self) -> String {
+        let kept = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.is_empty() {
+            "nothing on stderr".to_owned()
+        } else {
+            kept.iter().cloned().collect::<Vec<_>>().join(" | ")
+        }
+    }
+
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .with_context(|| format!("{}: stdin already closed", self.name))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| {
+                format!(
+                    "{}: telling it `{line}` ({})",
+                    self.name,
+                    self.stderr_tail()
+                )
+            })
+    }
+
+    /// Waits for a stdout line starting with `prefix` (others are skipped);
+    /// the rest of that line.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_owned());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    bail!(
+                        "{} exited ({}) before saying `{prefix}`: {}",
+                        self.name,
+                        status.map_or("?".to_owned(), |s| s.to_string()),
+                        self.stderr_tail()
+                    );
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if interrupted() {
+                        bail!("interrupted");
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "{} did not say `{prefix}` within {} s: {}",
+                            self.name,
+                            timeout.as_secs(),
+                            self.stderr_tail()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells it to exit, without waiting.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.close_stdin();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +603,7 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_ticks(me).is_some());
         assert!(status_kib(me, "VmHWM").is_some_and(|k| k > 0));
+        assert!(pss_kib(me).is_some_and(|k| k > 0));
         assert!(clk_tck() > 0);
     }
 }
