@@ -9,6 +9,7 @@ pub mod clock;
 pub mod holders;
 pub mod names;
 pub mod netns;
+pub mod procfs;
 pub mod sockdiag;
 pub mod symbols;
 pub mod sys;

@@ -18,7 +18,7 @@ use tcptrace_common::{
 
 use crate::{
     host::sys,
-    kernel::{btf, maps::AggregateMaps, tracefs},
+    kernel::{layout, maps::AggregateMaps, tracefs},
 };
 
 /// The `accept()` exits whose sockets get the accepting process as owner.
@@ -273,7 +273,7 @@ fn kernel_layout(needed: bool) -> KernelLayout {
     if !needed {
         return KernelLayout::NONE;
     }
-    match btf::kernel_layout() {
+    match layout::kernel_layout() {
         Ok((layout, missing)) => {
             for m in missing {
                 eprintln!("tcptrace: warning: not found in the kernel's BTF, for {m}");

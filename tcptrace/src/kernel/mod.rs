@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod layout;
 pub mod loader;
 pub mod maps;
 pub mod tracefs;

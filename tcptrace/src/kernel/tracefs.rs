@@ -172,7 +172,7 @@ format:
 
     use tcptrace_common::{KernelLayout, TcpState};
 
-    use crate::kernel::btf;
+    use crate::kernel::layout;
 
     fn state_change_format() -> String {
         // Mount it the way tcptrace does; the test must not skip.
@@ -206,7 +206,7 @@ format:
     #[test]
     fn every_member_the_program_follows_is_in_this_kernels_btf() {
         let (layout, missing) =
-            btf::kernel_layout().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+            layout::kernel_layout().expect("kernel BTF at /sys/kernel/btf/vmlinux");
         assert!(missing.is_empty(), "{missing:?}");
         let KernelLayout {
             sock_sk_socket,
