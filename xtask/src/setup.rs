@@ -47,6 +47,8 @@ const APT_PACKAGES: &[&str] = &[
     // The leak-provenance tests build a Go program that leaks (Go keeps
     // frame pointers by default).
     "golang-go",
+    // A seccomp filter refusing bpf(), to test what tcptrace says then.
+    "python3-seccomp",
     // The kernel matrix (`cargo xtask matrix`, last in `test`): qemu boots
     // Debian's kernels under TCG, busybox-static is the guests' userland,
     // objcopy (binutils) strips the binaries put in their initramfs, xz

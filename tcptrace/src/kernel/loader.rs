@@ -420,19 +420,39 @@ fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     });
 }
 
-/// Says which kernel feature is missing before the loader fails obscurely.
+/// Says which kernel feature is missing before the loader fails obscurely;
+/// a refused `bpf()` system call is said as such, not as a missing feature.
 fn check_kernel_features() -> anyhow::Result<()> {
     use aya::{
         maps::MapType,
-        programs::ProgramType,
+        programs::{ProgramError, ProgramType},
         sys::{is_map_supported, is_program_supported},
     };
-    if !is_program_supported(ProgramType::TracePoint).unwrap_or(false) {
+    let refused = |e: &std::io::Error| {
+        matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)).then(|| {
+            anyhow!(
+                "the bpf() system call was refused ({e}): a seccomp profile (a container runtime's default may allow bpf() only with CAP_SYS_ADMIN) or a security module blocks it; allow the bpf and perf_event_open system calls, or grant CAP_BPF and CAP_PERFMON"
+            )
+        })
+    };
+    let programs = is_program_supported(ProgramType::TracePoint);
+    if let Err(ProgramError::SyscallError(e)) = &programs
+        && let Some(refusal) = refused(&e.io_error)
+    {
+        return Err(refusal);
+    }
+    if !programs.unwrap_or(false) {
         bail!(
             "this kernel cannot load BPF tracepoint programs (needs CONFIG_BPF_SYSCALL and CONFIG_BPF_EVENTS)"
         );
     }
-    if !is_map_supported(MapType::RingBuf).unwrap_or(false) {
+    let ring = is_map_supported(MapType::RingBuf);
+    if let Err(e) = &ring
+        && let Some(refusal) = refused(&e.io_error)
+    {
+        return Err(refusal);
+    }
+    if !ring.unwrap_or(false) {
         bail!("this kernel has no BPF ring buffer (needs Linux >= 5.8)");
     }
     Ok(())

@@ -305,3 +305,27 @@ fn watch_runs_with_only_the_documented_capabilities() {
     }
     assert!(!fin.stderr.contains("warning"), "{}", fin.stderr);
 }
+
+#[test]
+fn a_refused_bpf_system_call_is_named_as_such() {
+    // A container runtime's default seccomp profile refuses bpf() with EPERM;
+    // tcptrace must say that, not that the kernel lacks BPF.
+    let script = "import os, sys, errno, seccomp\n\
+                  f = seccomp.SyscallFilter(seccomp.ALLOW)\n\
+                  f.add_rule(seccomp.ERRNO(errno.EPERM), 'bpf')\n\
+                  f.load()\n\
+                  os.execv(sys.argv[1], sys.argv[1:])\n";
+    // Debian's python3, where python3-seccomp installs (not a pyenv shim's).
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, BIN, "watch", "--duration", "1"])
+        .output()
+        .expect("/usr/bin/python3 with python3-seccomp");
+    let fin: Finished = out.into();
+    assert_eq!(fin.code, Some(1), "{}", fin.stderr);
+    assert_eq!(fin.stderr.lines().count(), 1, "{}", fin.stderr);
+    assert!(
+        fin.stderr.contains("bpf() system call was refused") && fin.stderr.contains("seccomp"),
+        "{}",
+        fin.stderr
+    );
+}
