@@ -299,9 +299,16 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     write_stdout(&out)
 }
 
-/// `tcptrace man`: the man page, in roff, for packages to install as tcptrace.1.
-pub fn man() -> anyhow::Result<ExitCode> {
+/// `tcptrace man [DIR]`: the man page in roff on stdout; with DIR, tcptrace.1
+/// and the subcommands' pages it refers to (tcptrace-watch.1, ...) in DIR.
+pub fn man(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     use clap::CommandFactory as _;
+    if let Some(dir) = dir {
+        // Each page says which tcptrace it documents.
+        clap_mangen::generate_to(crate::cli::Cli::command().propagate_version(true), dir)
+            .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = Vec::new();
     clap_mangen::Man::new(crate::cli::Cli::command())
         .render(&mut out)

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             Command::Hist(args) => commands::hist(args, &run).await,
             Command::Serve(args) => commands::serve(args, &run).await,
             Command::Completions { shell } => commands::completions(shell),
-            Command::Man => commands::man(),
+            Command::Man { dir } => commands::man(dir.as_deref()),
         }
     });
     match result {

@@ -71,9 +71,13 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout: `tcptrace man > tcptrace.1`.
+    /// Print the man page (roff) to stdout, or write it and one page per
+    /// subcommand (tcptrace-watch.1, ...) into DIR, for packages.
     #[command(hide = true)]
-    Man,
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

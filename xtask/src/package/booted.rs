@@ -319,8 +319,8 @@ impl Machine {
         // Still up. Killing nspawn alone would leave the container running:
         // its init goes too, which ends the container's PID namespace.
         let _ = self.nspawn.kill();
-        // SAFETY: as above, for the container's init.
         if let Ok(init) = libc::pid_t::try_from(self.init) {
+            // SAFETY: as above, for the container's init.
             unsafe { libc::kill(init, libc::SIGKILL) };
         }
         let _ = self.nspawn.wait();

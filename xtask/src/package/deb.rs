@@ -26,7 +26,17 @@ const SOURCE_UNIT: &str = "deploy/tcptrace.service";
 /// moratorium keeps packages from moving files between aliased directories).
 const UNIT_PATH: &str = "/lib/systemd/system/tcptrace.service";
 const BINARY_PATH: &str = "/usr/bin/tcptrace";
-const MAN_PATH: &str = "/usr/share/man/man1/tcptrace.1.gz";
+const MAN_DIR: &str = "/usr/share/man/man1";
+/// `tcptrace man DIR` writes these (the main page refers to the others); a new
+/// subcommand fails the build until it is listed here.
+const MAN_PAGES: [&str; 6] = [
+    "tcptrace",
+    "tcptrace-watch",
+    "tcptrace-leaks",
+    "tcptrace-hist",
+    "tcptrace-serve",
+    "tcptrace-completions",
+];
 const DOC_DIR: &str = "/usr/share/doc/tcptrace";
 const COMPLETIONS: [(&str, &str); 3] = [
     ("bash", "/usr/share/bash-completion/completions/tcptrace"),
@@ -66,8 +76,7 @@ pub fn build() -> Result<PathBuf> {
     super::install_stripped(&binary, &at(BINARY_PATH))?;
     super::write_file(&at(UNIT_PATH), packaged_unit(&read_source_unit()?)?, 0o644)?;
     let binary = at(BINARY_PATH);
-    let man = output(Command::new(&binary).arg("man"))?;
-    super::write_file(&at(MAN_PATH), gzip(man.as_bytes())?, 0o644)?;
+    install_man_pages(&binary, &out_dir.join("man"), &at(MAN_DIR))?;
     for (shell, path) in COMPLETIONS {
         let script = output(Command::new(&binary).args(["completions", shell]))?;
         super::write_file(&at(path), script, 0o644)?;
@@ -167,6 +176,35 @@ fn maintainer() -> (String, String) {
 }
 
 /// `gzip -9n`: no name or time in the header, as Debian wants.
+fn man_path(page: &str) -> String {
+    format!("{MAN_DIR}/{page}.1.gz")
+}
+
+/// The pages `tcptrace man` writes into `scratch`, gzipped into `dest`;
+/// exactly [`MAN_PAGES`].
+fn install_man_pages(binary: &Path, scratch: &Path, dest: &Path) -> Result<()> {
+    super::fresh_dir(scratch)?;
+    run(Command::new(binary).arg("man").arg(scratch))?;
+    let mut written: Vec<String> = fs::read_dir(scratch)
+        .with_context(|| format!("reading {}", scratch.display()))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", scratch.display()))?;
+    written.sort();
+    let mut expected: Vec<String> = MAN_PAGES.iter().map(|p| format!("{p}.1")).collect();
+    expected.sort();
+    ensure!(
+        written == expected,
+        "tcptrace man wrote {written:?}, the package lists {expected:?} (MAN_PAGES)"
+    );
+    for page in MAN_PAGES {
+        let roff = fs::read(scratch.join(format!("{page}.1")))
+            .with_context(|| format!("reading {page}.1"))?;
+        super::write_file(&dest.join(format!("{page}.1.gz")), gzip(&roff)?, 0o644)?;
+    }
+    Ok(())
+}
+
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     super::filter(Command::new("gzip").args(["-9n", "-c"]), data)
 }
@@ -372,10 +410,11 @@ fn check_info(deb: &Path) -> Result<()> {
 
 /// The files the package must hold, exactly (directories aside).
 fn expected_files() -> Vec<String> {
-    let mut files: Vec<String> = [BINARY_PATH, UNIT_PATH, MAN_PATH]
+    let mut files: Vec<String> = [BINARY_PATH, UNIT_PATH]
         .into_iter()
         .chain(COMPLETIONS.iter().map(|(_, path)| *path))
         .map(str::to_owned)
+        .chain(MAN_PAGES.map(man_path))
         .chain(["copyright", "changelog.gz"].map(|f| format!("{DOC_DIR}/{f}")))
         .collect();
     files.sort();
@@ -536,20 +575,44 @@ impl Drop for Installed {
     }
 }
 
-/// The installed man page renders, and says what it is.
+/// The installed man pages render and say what they are, and every page
+/// the main one refers to (`tcptrace-watch(1)`, ...) is installed.
 fn check_man_page() -> Result<()> {
-    let page = output(
-        Command::new("man")
-            .env("MANPAGER", "cat")
-            .env("MANWIDTH", "80")
-            .args(["-l", MAN_PATH]),
-    )?;
+    let render = |page: &str| {
+        let path = man_path(page);
+        let text = output(
+            Command::new("man")
+                .env("MANPAGER", "cat")
+                .env("MANWIDTH", "80")
+                .args(["-l", &path]),
+        )?;
+        ensure!(
+            text.contains("\nNAME\n") && text.contains("\nSYNOPSIS\n") && text.contains(VERSION),
+            "man -l {path} rendered no NAME and SYNOPSIS of tcptrace {VERSION}: {text:?}"
+        );
+        Ok(text)
+    };
+    let main = render(MAN_PAGES[0])?;
     ensure!(
-        page.contains("\nNAME\n")
-            && page.contains("\nSYNOPSIS\n")
-            && page.contains(&format!("tcptrace {VERSION}")),
-        "man -l {MAN_PATH} rendered no NAME and SYNOPSIS of tcptrace {VERSION}: {page:?}"
+        main.contains(&format!("tcptrace {VERSION}")),
+        "the main page does not say tcptrace {VERSION}: {main:?}"
     );
+    for page in &MAN_PAGES[1..] {
+        ensure!(
+            main.contains(&format!("{page}(1)")),
+            "the main page does not refer to {page}(1): {main:?}"
+        );
+        render(page)?;
+    }
+    // A reference to a page that is not installed would send readers nowhere.
+    for word in main.split_whitespace() {
+        if let Some(page) = word.strip_suffix("(1)") {
+            ensure!(
+                MAN_PAGES.contains(&page),
+                "the main page refers to {page}(1), which the package does not install"
+            );
+        }
+    }
     Ok(())
 }
 
