@@ -337,7 +337,7 @@ struct Pod {
 
 impl Pods {
     fn spawn(names: &[String], per: usize) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the xtask binary")?;
+        let exe = sys::own_exe();
         let mut helpers = Vec::with_capacity(names.len());
         for name in names {
             sys::bail_if_interrupted()?;

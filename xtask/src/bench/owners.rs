@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use super::report::thousands;
 use super::stats::{RunStats, StatsFile};
 use super::storm::Storm;
-use super::sys::{Helper, Proc};
+use super::sys::{self, Helper, Proc};
 use super::tracers::{self, Poker, Tools};
 
 /// Connections opened before tcptrace starts: the reduced case had 60.
@@ -277,7 +277,7 @@ pub struct OwnerTruth {
 }
 
 pub fn run(tools: &Tools, poker: &Poker, secs: u64, pre: usize, dir: &Path) -> Result<OwnerTruth> {
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let exe = sys::own_exe();
     let mut server = Helper::spawn(
         "the owner-truth server",
         Command::new(&exe).args(["bench", "--owner-server", &pre.to_string()]),

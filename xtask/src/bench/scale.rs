@@ -177,7 +177,7 @@ struct Helpers {
 
 impl Helpers {
     fn spawn(connections: usize) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the xtask binary")?;
+        let exe = sys::own_exe();
         // Both ends of each connection, a few spare fds, and one listener's
         // share of the ephemeral ports at most.
         let per = ((sys::nofile_reachable().saturating_sub(64)) / 2).min(25_000) as usize;

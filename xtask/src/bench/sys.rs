@@ -452,6 +452,13 @@ impl Drop for Proc {
     }
 }
 
+/// This very program, for the bench's helper processes: `/proc/self/exe`
+/// rather than its path, which a `cargo build` running meanwhile (another
+/// task, a test) replaces, leaving ours deleted.
+pub fn own_exe() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
 /// A child that talks in lines: the bench's own hidden helpers (`cargo
 /// xtask bench --hold ...`) and the Java client. Its stdout lines are
 /// collected as they come and its last stderr lines kept for errors;
