@@ -20,7 +20,7 @@ use crate::{
     },
     views::{
         hist::{self, ExactSink, GroupBy, KernelSink, Schedule, Shown},
-        leaks::{self, Collector, LeaksSink, Report, Trend},
+        leaks::{self, Collector, LeaksSink, Report, Trend, Verdict},
         serve::{ServeOptions, ServeSink, http, metrics::Metrics},
         watch::WatchSink,
     },
@@ -142,11 +142,18 @@ pub async fn leaks(args: LeaksArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
                 return Err(e.context("writing output"));
             }
         }
-        let found = leaks::leak_found(&rows, args.min_age, args.min_count);
-        return Ok(if args.check && found {
-            ExitCode::from(3)
-        } else {
-            ExitCode::SUCCESS
+        if !args.check {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Ok(match leaks::verdict(&rows, args.min_age, args.min_count) {
+            Verdict::NoLeak => ExitCode::SUCCESS,
+            Verdict::Leak => ExitCode::from(3),
+            Verdict::Undetermined { pid, comm, unknown } => {
+                eprintln!(
+                    "tcptrace: cannot tell whether {comm} (pid {pid}) leaks: {unknown} of its CLOSE_WAIT sockets are of unknown age (read from /proc/net/tcp, which has none: another network namespace without CAP_SYS_ADMIN, or a kernel without tcp_diag); grant CAP_SYS_ADMIN, or check with --min-age 0"
+                );
+                ExitCode::from(4)
+            }
         });
     }
     let mut filter = sockets_only(&selection)?;

@@ -31,7 +31,8 @@ EXAMPLES:
     tcptrace serve --listen 0.0.0.0:10180 --top 50  # every interface, for a fleet's Prometheus
 
 EXIT STATUS:
-    0 success, 1 runtime or environment error, 2 bad usage, 3 leaks found (leaks --check)";
+    0 success, 1 runtime or environment error, 2 bad usage, 3 leaks found (leaks --check),
+    4 leaks --check cannot tell (sockets of unknown age)";
 
 #[derive(Parser, Debug)]
 #[command(

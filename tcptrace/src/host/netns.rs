@@ -91,7 +91,18 @@ pub fn dump_all(
 ) -> Result<HostSockets> {
     let own = own().context("reading /proc/thread-self/ns/net")?;
     let mut out = HostSockets::default();
-    let mut mine = sockdiag::dump_tcp(states, family)?;
+    let mut route = route;
+    let mut mine = match sockdiag::dump_tcp(states, family) {
+        Ok(mine) => mine,
+        // The kernel-wide handler is missing: every namespace lacks it.
+        Err(e) if sockdiag::is_unavailable(&e) => {
+            warn_sock_diag_missing(&e);
+            route = Route::ProcNet;
+            proc_net("thread-self", states, family)
+                .context("reading /proc/thread-self/net/tcp instead of sock_diag")?
+        }
+        Err(e) => return Err(e),
+    };
     mine.iter_mut().for_each(|s| s.netns = own);
     out.sockets = mine;
     out.namespaces = 1;
@@ -105,7 +116,7 @@ pub fn dump_all(
             .map(|ns| {
                 (
                     ns.inode,
-                    through_pids(ns, |pid| proc_net(pid, states, family)),
+                    through_pids(ns, |pid| proc_net(&pid.to_string(), states, family)),
                 )
             })
             .collect(),
@@ -169,14 +180,26 @@ fn inside(pid: u32, states: u32, family: Option<u16>) -> io::Result<Vec<DiagSock
     sockdiag::dump_tcp(states, family).map_err(io::Error::other)
 }
 
-/// `/proc/PID/net/tcp` and `tcp6`, as sockets in `states`.
-fn proc_net(pid: u32, states: u32, family: Option<u16>) -> io::Result<Vec<DiagSocket>> {
+/// Says once per run that sockets come from `/proc/net/tcp`, without ages:
+/// what is missing and how to get it back.
+fn warn_sock_diag_missing(why: &anyhow::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "tcptrace: warning: the kernel lists no TCP sockets through sock_diag ({why:#}): the tcp_diag module is not loaded and could not be loaded (modprobe tcp_diag, on the host); reading /proc/net/tcp instead, where the ages of sockets older than tcptrace are unknown"
+        );
+    });
+}
+
+/// `/proc/PROC/net/tcp` and `tcp6` (PROC a pid or `thread-self`), as
+/// sockets in `states`.
+fn proc_net(proc: &str, states: u32, family: Option<u16>) -> io::Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
     for (af, file) in [(AF_INET, "tcp"), (AF_INET6, "tcp6")] {
         if family.is_some_and(|f| f != af) {
             continue;
         }
-        let f = match File::open(format!("/proc/{pid}/net/{file}")) {
+        let f = match File::open(format!("/proc/{proc}/net/{file}")) {
             Ok(f) => f,
             // A kernel without IPv6 has no tcp6.
             Err(e) if af == AF_INET6 && e.kind() == io::ErrorKind::NotFound => continue,

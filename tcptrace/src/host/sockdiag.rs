@@ -99,6 +99,22 @@ impl std::fmt::Display for NetlinkError {
 
 impl std::error::Error for NetlinkError {}
 
+/// Whether `err` (from [`dump_tcp`]) means this kernel cannot list TCP
+/// sockets through sock_diag at all: no TCP handler (ENOENT: `tcp_diag` is a
+/// module, not loaded, and the kernel could not load it, as in a locked-down
+/// container) or no sock_diag netlink family (EPROTONOSUPPORT).
+pub fn is_unavailable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<NetlinkError>()
+            .is_some_and(|e| e.errno == libc::ENOENT)
+            || cause
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error)
+                .is_some_and(|errno| errno == libc::EPROTONOSUPPORT)
+    })
+}
+
 // Netlink constants (linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h).
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_NOOP: u16 = 1;
@@ -463,6 +479,22 @@ impl DiagSocketFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_without_tcp_diag_is_told_from_other_failures() {
+        let missing = anyhow::Error::from(NetlinkError {
+            errno: libc::ENOENT,
+        })
+        .context("sock_diag dump of TCP sockets (family 2)");
+        assert!(is_unavailable(&missing));
+        let no_family = anyhow::Error::from(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT))
+            .context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)");
+        assert!(is_unavailable(&no_family));
+        let refused = anyhow::Error::from(NetlinkError {
+            errno: libc::EACCES,
+        });
+        assert!(!is_unavailable(&refused));
+    }
     use std::io::{Read, Write};
     use std::net::SocketAddr;
     use std::net::{TcpListener, TcpStream};

@@ -222,11 +222,12 @@ fn fifty_namespaces_at_once() {
 /// CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, other namespaces are read from
 /// /proc/PID/net/tcp (ages unknown); CAP_SYS_ADMIN adds the route inside
 /// each namespace, with ages. Without any, tcptrace says what it cannot see.
+/// `leaks --check` never says "no leak" when unknown ages leave it open.
 #[test]
 fn least_privilege_routes() {
     let pod = Pod::new();
     let want = ss_close_wait(&pod.ns);
-    let as_nobody = |caps: &str| {
+    let as_nobody_run = |caps: &str, leaks_args: &[&str]| {
         let mut args = vec![
             "--reuid=65534".to_owned(),
             "--regid=65534".to_owned(),
@@ -238,10 +239,14 @@ fn least_privilege_routes() {
         }
         let out = std::process::Command::new("setpriv")
             .args(&args)
-            .args([BIN, "leaks", "--once", "--json"])
+            .args([BIN, "leaks"])
+            .args(leaks_args)
             .output()
             .expect("setpriv (util-linux)");
-        let fin = crate::common::Finished::from(out);
+        crate::common::Finished::from(out)
+    };
+    let as_nobody = |caps: &str| {
+        let fin = as_nobody_run(caps, &["--once", "--json"]);
         assert_eq!(fin.code, Some(0), "{caps}: {}", fin.stderr);
         fin
     };
@@ -253,6 +258,38 @@ fn least_privilege_routes() {
             assert!(s["age_s"].is_null(), "no tcp_info, no age: {r}");
         }
     }
+    // The pod's leaks are seconds old, but /proc/net/tcp cannot say so.
+    let pod_only = ["--check", "--min-age", "1h", "-p"];
+    let holder = rows
+        .iter()
+        .find(|r| r["netns"] == pod.ns.inode())
+        .expect("a holder in the pod")["pid"]
+        .to_string();
+    let check = as_nobody_run(
+        "+dac_read_search,+sys_ptrace",
+        &[&pod_only[..], &[holder.as_str()]].concat(),
+    );
+    assert_eq!(check.code, Some(4), "undetermined: {}", check.stderr);
+    assert!(
+        check
+            .stderr
+            .lines()
+            .filter(|l| l.contains("cannot tell whether python3"))
+            .count()
+            == 1,
+        "{}",
+        check.stderr
+    );
+    let any_age = as_nobody_run(
+        "+dac_read_search,+sys_ptrace",
+        &["--check", "--min-age", "0", "-p", &holder],
+    );
+    assert_eq!(any_age.code, Some(3), "{}", any_age.stderr);
+    let with_ages = as_nobody_run(
+        "+dac_read_search,+sys_ptrace,+sys_admin",
+        &[&pod_only[..], &[holder.as_str()]].concat(),
+    );
+    assert_eq!(with_ages.code, Some(0), "known young: {}", with_ages.stderr);
     let inside = as_nobody("+dac_read_search,+sys_ptrace,+sys_admin");
     let rows = inside.json();
     assert_eq!(tcptrace_close_wait(&rows, pod.ns.inode()), want);

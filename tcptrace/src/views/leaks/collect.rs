@@ -428,10 +428,42 @@ impl Trend {
     }
 }
 
-/// Whether any process holds at least `min_count` CLOSE_WAIT sockets older than `min_age`.
-pub fn leak_found(rows: &[ProcessLeaks], min_age: Duration, min_count: u64) -> bool {
-    rows.iter()
+/// What `leaks --check` concludes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No process holds `min_count` CLOSE_WAIT sockets that are, or might
+    /// be, older than `min_age`.
+    NoLeak,
+    /// A process holds at least `min_count` sockets known to be that old.
+    Leak,
+    /// None is known to, but this process would if enough of its
+    /// `unknown` sockets of unknown age were old: "no leak" could be wrong.
+    Undetermined {
+        pid: u32,
+        comm: String,
+        unknown: usize,
+    },
+}
+
+/// Whether any process holds at least `min_count` CLOSE_WAIT sockets older
+/// than `min_age`, saying so when unknown ages leave it open.
+pub fn verdict(rows: &[ProcessLeaks], min_age: Duration, min_count: u64) -> Verdict {
+    if rows
+        .iter()
         .any(|r| r.older_than(min_age) as u64 >= min_count)
+    {
+        return Verdict::Leak;
+    }
+    rows.iter()
+        .find_map(|r| {
+            let unknown = r.sockets.iter().filter(|s| s.age == Age::Unknown).count();
+            ((r.older_than(min_age) + unknown) as u64 >= min_count).then(|| Verdict::Undetermined {
+                pid: r.pid,
+                comm: r.comm.clone(),
+                unknown,
+            })
+        })
+        .unwrap_or(Verdict::NoLeak)
 }
 
 #[cfg(test)]
@@ -490,9 +522,12 @@ pub(crate) mod tests {
             (Ipv4Addr::new(10, 0, 0, 5).into(), 61616, 2)
         );
         assert_eq!(rows[0].older_than(Duration::from_secs(5)), 2);
-        assert!(leak_found(&rows, Duration::from_secs(600), 1));
-        assert!(!leak_found(&rows, Duration::from_secs(1000), 1));
-        assert!(!leak_found(&rows, Duration::from_secs(5), 3));
+        assert_eq!(verdict(&rows, Duration::from_secs(600), 1), Verdict::Leak);
+        assert_eq!(
+            verdict(&rows, Duration::from_secs(1000), 1),
+            Verdict::NoLeak
+        );
+        assert_eq!(verdict(&rows, Duration::from_secs(5), 3), Verdict::NoLeak);
         assert!(!rows[0].other_netns);
     }
 
@@ -504,6 +539,19 @@ pub(crate) mod tests {
         assert_eq!(rows[0].older_than(Duration::ZERO), 2);
         assert_eq!(rows[0].older_than(Duration::from_secs(1)), 1);
         assert!(rows[0].other_netns, "namespace 1 is not tcptrace's (2)");
+        // One known to be old and one that might be: a check for two cannot
+        // say "no leak"; for three it can.
+        assert_eq!(verdict(&rows, Duration::ZERO, 2), Verdict::Leak);
+        assert_eq!(
+            verdict(&rows, Duration::from_secs(60), 2),
+            Verdict::Undetermined {
+                pid: 10,
+                comm: "a".to_owned(),
+                unknown: 1
+            }
+        );
+        assert_eq!(verdict(&rows, Duration::from_secs(60), 1), Verdict::Leak);
+        assert_eq!(verdict(&rows, Duration::from_secs(60), 3), Verdict::NoLeak);
     }
 
     #[test]

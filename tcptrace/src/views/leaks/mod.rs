@@ -18,7 +18,7 @@ use crate::{
     pipeline::sink::{Context, Sink},
 };
 
-pub use collect::{Collector, ProcessLeaks, Trend, leak_found};
+pub use collect::{Collector, ProcessLeaks, Trend, Verdict, verdict};
 pub use report::Report;
 
 /// One snapshot of the sockets that exist now, without tracing.
