@@ -21,7 +21,7 @@ use crate::{
     views::{
         hist::{self, ExactSink, GroupBy, KernelSink, Schedule, Shown},
         leaks::{self, Collector, LeaksSink, Report, Trend, Verdict},
-        serve::{ServeOptions, ServeSink, http, metrics::Metrics},
+        serve::{ServeOptions, ServeSink, http, metrics::Metrics, reload::Web},
         watch::WatchSink,
     },
 };
@@ -192,6 +192,17 @@ pub async fn leaks(args: LeaksArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
 /// `tcptrace serve`: the port is bound before the kernel program loads, so a
 /// port in use fails at once; then metrics are served until a signal.
 pub async fn serve(args: ServeArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
+    // A file that cannot be used is bad usage, said before anything starts.
+    let web = match &args.web_config {
+        Some(path) => match Web::load(path) {
+            Ok(web) => web,
+            Err(e) => {
+                eprintln!("tcptrace: {}", format!("{e:#}").replace('\n', " "));
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => Web::none(),
+    };
     let listener = http::bind(args.listen)?;
     let selection = args.filter.selection(&[]);
     let mut filter = selection.kernel_filter()?;
@@ -215,11 +226,17 @@ pub async fn serve(args: ServeArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
             top: args.top,
             interval: args.interval,
             selection: selection.clone(),
+            reloads: web.path().is_some(),
         },
         metrics,
     )?;
-    let addr = http::spawn_http(listener, exposition)?;
-    eprintln!("tcptrace: serving metrics on http://{addr}/metrics");
+    let scheme = if web.current().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let addr = http::spawn_http(listener, exposition, web)?;
+    eprintln!("tcptrace: serving metrics on {scheme}://{addr}/metrics");
     run.trace(
         probe(config, &args.tuning),
         &selection,

@@ -177,13 +177,33 @@ ENDPOINTS:
     /healthz   'ok' while the tracer runs
     /          a one-line pointer to /metrics
 
+WEB CONFIGURATION (--web-config FILE):
+    The exporter-toolkit's file, as node_exporter's --web.config.file reads it:
+      tls_server_config:            # HTTPS; paths are relative to FILE
+        cert_file: tls.crt
+        key_file: tls.key
+        client_ca_file: ca.crt      # with client_auth_type: RequireAndVerifyClientCert (mTLS)
+      basic_auth_users:             # user: bcrypt hash (htpasswd -nBC 10 USER)
+        prometheus: $2y$10$...
+      auth_excluded_paths: [/healthz]
+      http_server_config:
+        headers: {X-Content-Type-Options: nosniff}
+    SIGHUP reads it again; a bad file then keeps the one in force.
+
+LIMITS:
+    8 connections per client address (IPv6: per /64), 64 in all; past either an
+    idle one is closed, the most crowded address's first. A client has 3 s for its
+    TLS handshake and for each request's head.
+
 EXAMPLES:
     tcptrace serve                          # http://127.0.0.1:10180/metrics, this host only
     tcptrace serve --listen 0.0.0.0:10180   # every interface: a fleet's Prometheus scrapes it
+    tcptrace serve --listen 0.0.0.0:10180 --web-config /etc/tcptrace/web.yml
     tcptrace serve --listen '[::1]:9999' --top 5 -L 80,443
 
 EXIT STATUS:
-    0 stopped by a signal, 1 runtime error (e.g. the port is in use), 2 bad usage (e.g. a bad --listen)";
+    0 stopped by a signal, 1 runtime error (e.g. the port is in use), 2 bad usage (e.g. a bad
+    --listen, or a --web-config file that cannot be used)";
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -197,6 +217,10 @@ pub struct ServeArgs {
     /// How often the CLOSE_WAIT holders are recomputed (sock_diag and a /proc scan).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_duration)]
     pub interval: Duration,
+    /// TLS, basic authentication and headers, from a Prometheus exporter-toolkit web
+    /// configuration file (YAML); reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]

@@ -48,6 +48,11 @@ pub trait Sink {
     fn tick(&mut self, _ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
         Ok(ControlFlow::Continue(()))
     }
+    /// Whether SIGHUP ends the trace (as SIGINT and SIGTERM do); a sink
+    /// that reloads something on SIGHUP says no.
+    fn hangup_stops(&self) -> bool {
+        true
+    }
     /// Once, when the trace stops (a signal, the duration, a `Break`).
     fn finish(&mut self, _ctx: &mut Context<'_>) -> anyhow::Result<()> {
         Ok(())

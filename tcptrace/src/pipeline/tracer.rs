@@ -94,7 +94,7 @@ impl Tracer {
         sink: &mut dyn Sink,
         duration: Option<Duration>,
     ) -> anyhow::Result<Stats> {
-        let mut stop = Signals::new()?;
+        let mut stop = Signals::new(sink.hangup_stops())?;
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(TICK);
@@ -303,25 +303,43 @@ impl Stacks {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP all end the trace.
-struct Signals([tokio::signal::unix::Signal; 3]);
+/// SIGINT, SIGTERM and (unless the sink reloads on it) SIGHUP end the trace.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    fn new(hangup: bool) -> anyhow::Result<Self> {
         let make = |kind| signal(kind).context("installing a signal handler");
-        Ok(Self([
-            make(SignalKind::interrupt())?,
-            make(SignalKind::terminate())?,
-            make(SignalKind::hangup())?,
-        ]))
+        Ok(Self {
+            interrupt: make(SignalKind::interrupt())?,
+            terminate: make(SignalKind::terminate())?,
+            hangup: if hangup {
+                Some(make(SignalKind::hangup())?)
+            } else {
+                None
+            },
+        })
     }
 
     async fn recv(&mut self) {
-        let [a, b, c] = &mut self.0;
+        let Self {
+            interrupt,
+            terminate,
+            hangup,
+        } = self;
+        let hangup = async {
+            match hangup {
+                Some(h) => drop(h.recv().await),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = a.recv() => {}
-            _ = b.recv() => {}
-            _ = c.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            () = hangup => {}
         }
     }
 }

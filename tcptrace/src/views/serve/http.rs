@@ -1,39 +1,47 @@
-//! The exporter's HTTP/1.1 server: `/metrics`, `/healthz` and `/`.
+//! The exporter's HTTP/1.1 server: `/metrics`, `/healthz` and `/`; its
+//! accept loop lets connections in within [`limits`](super::limits), and
+//! [`conn`](super::conn) serves each.
 //!
 //! The server has a thread of its own: in a connection storm the tracer's
 //! loop can stay busy draining the ring buffer for seconds, and a scrape or
 //! a liveness probe must not time out then (measured: 10 s without it).
 
 use std::{
-    convert::Infallible,
     io,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::anyhow;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
-    Method, Request, Response, StatusCode,
-    body::Incoming,
+    Method, Response, StatusCode,
     header::{ALLOW, CONTENT_TYPE, HeaderValue},
-    server::conn::http1,
-    service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::signal::unix::{SignalKind, signal};
 
-use super::metrics::{self, Exposition};
+use super::{
+    conn,
+    limits::{Limit, Limits, PER_SOURCE, TOTAL},
+    metrics::{self, Exposition},
+    refusals::Refusals,
+    reload::Web,
+};
 
-/// Scrapers hold one connection each; more than this is not a scraper.
-const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const TEXT: &str = "text/plain; charset=utf-8";
 const ROOT_TEXT: &str = "tcptrace exporter: metrics at /metrics, health at /healthz\n";
+/// How often the refusals held back from the log are summed up in it.
+const SUMMARY_PERIOD: Duration = Duration::from_secs(10);
+
+/// What every connection shares.
+pub struct Server {
+    pub exposition: Exposition,
+    pub web: Arc<Web>,
+    pub refusals: Arc<Refusals>,
+    limits: Arc<Limits>,
+}
 
 /// Binds the metrics port, with a one-line reason when it cannot.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
@@ -53,22 +61,43 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 }
 
 /// Serves the metrics from a thread of its own (with its own small runtime);
-/// returns the address actually bound (port 0 picks a free one).
+/// returns the address actually bound (port 0 picks a free one). With a web
+/// configuration file, SIGHUP reloads it from the moment this returns.
 pub fn spawn_http(
     listener: std::net::TcpListener,
     exposition: Exposition,
+    web: Web,
 ) -> io::Result<SocketAddr> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // bcrypt runs one at a time off this thread: one such thread is enough.
+        .max_blocking_threads(1)
         .build()?;
+    let hangups = match web.path() {
+        Some(_) => {
+            let _in = runtime.enter();
+            Some(signal(SignalKind::hangup())?)
+        }
+        None => None,
+    };
+    let server = Arc::new(Server {
+        exposition,
+        web: Arc::new(web),
+        refusals: Arc::new(Refusals::default()),
+        limits: Limits::new(TOTAL, PER_SOURCE),
+    });
     std::thread::Builder::new()
         .name("tcptrace-http".into())
         .spawn(move || {
             runtime.block_on(async move {
+                if let Some(hangups) = hangups {
+                    tokio::spawn(server.web.clone().reload_on(hangups));
+                }
+                tokio::spawn(server.refusals.clone().summarise(SUMMARY_PERIOD));
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, Arc::new(exposition)).await,
+                    Ok(listener) => accept_loop(listener, server).await,
                     Err(e) => eprintln!("tcptrace: warning: serving metrics: {e}"),
                 }
             });
@@ -76,11 +105,10 @@ pub fn spawn_http(
     Ok(addr)
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, exposition: Arc<Exposition>) {
-    let open = Arc::new(AtomicUsize::new(0));
+async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // E.g. EMFILE: back off instead of spinning.
                 log::warn!("accepting a metrics connection: {e}");
@@ -88,44 +116,28 @@ async fn accept_loop(listener: tokio::net::TcpListener, exposition: Arc<Expositi
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            log::debug!("more than {MAX_CONNECTIONS} metrics connections: closing a new one");
-            continue;
-        }
-        let guard = Open::new(&open);
-        let exposition = exposition.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            let service = service_fn(move |req: Request<Incoming>| {
-                let response = respond(&exposition, req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let result = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = result {
-                log::debug!("metrics connection: {e}");
+        match server.limits.admit(peer, Instant::now()) {
+            Ok(admitted) => {
+                if let Some((gone, limit)) = admitted.displaced {
+                    server.refusals.closed(
+                        gone,
+                        format_args!("idle, to make room for {peer} ({})", describe(limit)),
+                    );
+                }
+                tokio::spawn(conn::serve(server.clone(), stream, peer, admitted));
             }
-        });
+            Err(limit) => server.refusals.refused(
+                peer,
+                format_args!("{}, each answering a request", describe(limit)),
+            ),
+        }
     }
 }
 
-/// Counts a connection while it lives.
-struct Open(Arc<AtomicUsize>);
-
-impl Open {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+fn describe(limit: Limit) -> String {
+    match limit {
+        Limit::Source => format!("{PER_SOURCE} connections from its address at most"),
+        Limit::Total => format!("{TOTAL} connections at most"),
     }
 }
 

@@ -2,10 +2,19 @@
 //! transition (aggregate mode, as `hist`), and streams only CLOSE_WAIT's
 //! comings and goings; [`ServeSink`] copies the kernel's figures, the sockets
 //! per state of every network namespace and the CLOSE_WAIT holders into the
-//! metrics ([`metrics`]) on ticks, and [`http`] serves them.
+//! metrics ([`metrics`]) on ticks, and [`http`] serves them: over TLS and
+//! to known users only with `--web-config` ([`webconfig`], [`tls`],
+//! [`auth`]), to every address fairly ([`limits`]).
 
+mod auth;
+mod conn;
 pub mod http;
+mod limits;
 pub mod metrics;
+mod refusals;
+pub mod reload;
+mod tls;
+mod webconfig;
 
 use std::{
     ops::ControlFlow,
@@ -35,6 +44,8 @@ pub struct ServeOptions {
     /// How often the CLOSE_WAIT rows are recomputed (sock_diag + /proc scan).
     pub interval: Duration,
     pub selection: Selection,
+    /// SIGHUP reloads the web configuration instead of ending the trace.
+    pub reloads: bool,
 }
 
 /// Feeds the metrics from the trace: snapshots on ticks.
@@ -148,6 +159,10 @@ fn read_kernel(maps: &AggregateMaps) -> anyhow::Result<KernelSnapshot> {
 }
 
 impl Sink for ServeSink {
+    fn hangup_stops(&self) -> bool {
+        !self.opts.reloads
+    }
+
     fn tick(&mut self, ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
         let now = Instant::now();
         if due(self.last_snapshot, SNAPSHOT_PERIOD, now) {
