@@ -35,8 +35,12 @@ const APT_PACKAGES: &[&str] = &[
     // (util-linux) drops privileges for the permission test.
     "python3",
     "util-linux",
-    // The serve tests scrape tcptrace with a real Prometheus.
+    // The serve tests scrape tcptrace with a real Prometheus; the web
+    // configuration tests make their certificates with openssl and play the
+    // refused clients (wrong password, expired certificate...) with curl.
     "prometheus",
+    "openssl",
+    "curl",
     // Benchmarks: a server and its load, and tracers and profilers to compare.
     "nginx",
     "wrk",
