@@ -15,5 +15,6 @@ mod netns;
 mod owners;
 mod reliability;
 mod serve;
+mod serve_web;
 mod stacks;
 mod watch;

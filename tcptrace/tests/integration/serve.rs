@@ -27,10 +27,10 @@ const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
 
 /// A fresh directory under /tmp, removed with its contents when dropped.
-struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    fn new(what: &str) -> Self {
+    pub fn new(what: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
             "tcptrace-{what}-{}-{}",
@@ -64,7 +64,7 @@ fn urlencode(s: &str) -> String {
 
 /// A real Prometheus on a free loopback port, scraping `target` every second
 /// and evaluating deploy/alerts.yml; killed and its storage removed when dropped.
-struct Prometheus {
+pub struct Prometheus {
     child: Child,
     addr: String,
     target: Option<String>,
@@ -73,10 +73,16 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: Option<&str>) -> Self {
+        Self::start_job(target, "")
+    }
+
+    /// `job` is more of the scrape job's YAML (`scheme`, `tls_config`...),
+    /// indented as its keys.
+    pub fn start_job(target: Option<&str>, job: &str) -> Self {
         let dir = TempDir::new("prometheus");
         let scrape = target.map_or_else(String::new, |t| {
             format!(
-                "scrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: [\"{t}\"]\n"
+                "scrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: [\"{t}\"]\n{job}"
             )
         });
         let config = format!(
@@ -127,7 +133,7 @@ impl Prometheus {
         }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         fs::read_to_string(self.dir.0.join("prometheus.log")).unwrap_or_default()
     }
 
@@ -138,14 +144,19 @@ impl Prometheus {
     }
 
     /// The query's result vector; panics when Prometheus rejects it.
-    fn query(&self, q: &str) -> Vec<Value> {
+    pub fn query(&self, q: &str) -> Vec<Value> {
         let v = self.api(&format!("/api/v1/query?query={}", urlencode(q)));
         assert_eq!(v["status"], "success", "{q}: {v}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
     /// Polls until `pred` holds over the query's result; panics after `timeout`.
-    fn wait_for(&self, q: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_for(
+        &self,
+        q: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let result = self.query(q);
@@ -187,7 +198,7 @@ fn value(sample: &Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn single(result: &[Value]) -> Option<f64> {
+pub fn single(result: &[Value]) -> Option<f64> {
     (result.len() == 1).then(|| value(&result[0]))
 }
 

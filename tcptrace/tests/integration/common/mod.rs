@@ -589,7 +589,10 @@ impl Serve {
             if text.contains("tcptrace: attached") {
                 let addr = text
                     .lines()
-                    .find_map(|l| l.strip_prefix("tcptrace: serving metrics on http://"))
+                    .find_map(|l| {
+                        let l = l.strip_prefix("tcptrace: serving metrics on ")?;
+                        l.strip_prefix("http://").or(l.strip_prefix("https://"))
+                    })
                     .and_then(|l| l.strip_suffix("/metrics"))
                     .unwrap_or_else(|| panic!("no address in {text}"))
                     .to_owned();
