@@ -161,15 +161,24 @@ struct Parser {
     binary: String,
     /// The test whose captured output is being read (`---- name stdout ----`).
     capturing: Option<String>,
+    /// A test whose `test name ... ` line was cut by a child's own output
+    /// (not captured by libtest); its verdict comes on a line of its own.
+    pending: Option<String>,
 }
 
 impl Parser {
+    fn verdict(&mut self, key: String, passed: bool) {
+        self.out.results.insert(key, passed);
+        self.pending = None;
+    }
+
     fn new(nonce: &str) -> Self {
         Self {
             out: Console::default(),
             done: format!("{DONE_MARK}{nonce} exit="),
             binary: String::new(),
             capturing: None,
+            pending: None,
         }
     }
 
@@ -193,13 +202,21 @@ impl Parser {
         }
         // libtest: `test name ... ok` / `... FAILED` / `... ignored`
         if let Some(rest) = line.strip_prefix("test ")
-            && let Some((name, verdict)) = rest.rsplit_once(" ... ")
+            && let Some((name, verdict)) = rest.split_once(" ... ")
         {
-            let verdict = verdict.trim();
-            if verdict == "ok" || verdict == "FAILED" {
-                let key = format!("{}::{}", self.binary, name.trim());
-                self.out.results.insert(key, verdict == "ok");
+            let key = format!("{}::{}", self.binary, name.trim());
+            match verdict.trim() {
+                "ok" => self.verdict(key, true),
+                "FAILED" => self.verdict(key, false),
+                "ignored" => {}
+                _ => self.pending = Some(key),
             }
+            return;
+        }
+        if let Some(key) = self.pending.clone()
+            && matches!(line.trim(), "ok" | "FAILED")
+        {
+            self.verdict(key, line.trim() == "ok");
             return;
         }
         if let Some(name) = line
