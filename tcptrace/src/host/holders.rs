@@ -76,8 +76,10 @@ pub struct HolderIndex {
     procs: HashMap<u32, ProcEntry>,
     /// Network namespace inode -> some of its processes, as of the last full scan.
     namespaces: HashMap<u64, Vec<u32>>,
-    /// Processes the last full scan was not allowed to read.
+    /// Processes the last full scan was not allowed to read, and the
+    /// first few of their pids (to name them).
     unreadable: usize,
+    unreadable_pids: Vec<u32>,
     min_full_rescan: Duration,
     last_full_scan: Option<Instant>,
     /// Pids rescanned since the last full scan: a hint already rescanned
@@ -94,6 +96,9 @@ impl Default for HolderIndex {
         Self::new()
     }
 }
+
+/// How many of the processes /proc refused are named in the warning.
+const UNREADABLE_PIDS_NAMED: usize = 3;
 
 enum Scan {
     Gone,
@@ -117,6 +122,7 @@ impl HolderIndex {
             procs: HashMap::new(),
             namespaces: HashMap::new(),
             unreadable: 0,
+            unreadable_pids: Vec::new(),
             min_full_rescan: DEFAULT_MIN_FULL_RESCAN,
             last_full_scan: None,
             recent_pid_scans: HashMap::new(),
@@ -136,6 +142,11 @@ impl HolderIndex {
     /// and namespaces are missing from it.
     pub fn unreadable(&self) -> usize {
         self.unreadable
+    }
+
+    /// The first few of those processes' pids.
+    pub fn unreadable_pids(&self) -> &[u32] {
+        &self.unreadable_pids
     }
 
     /// Every network namespace a process was in at the last full scan.
@@ -190,6 +201,7 @@ impl HolderIndex {
         let mut namespaces = HashMap::with_capacity(self.namespaces.len());
         let mut seen = 0;
         let mut unreadable = 0;
+        self.unreadable_pids.clear();
         loop {
             let name = match root.next_name() {
                 None => break,
@@ -212,6 +224,9 @@ impl HolderIndex {
                 Scan::Gone => None,
                 Scan::Denied => {
                     unreadable += 1;
+                    if self.unreadable_pids.len() < UNREADABLE_PIDS_NAMED {
+                        self.unreadable_pids.push(pid);
+                    }
                     None
                 }
                 Scan::NoSockets(netns) => *netns,

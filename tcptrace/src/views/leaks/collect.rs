@@ -286,7 +286,14 @@ impl Collector {
         let unreadable = self.index.unreadable();
         if unreadable > 0 && !self.warned_unreadable {
             eprintln!(
-                "tcptrace: warning: {unreadable} processes could not be read in /proc (another user's, without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH): the CLOSE_WAIT sockets they hold, and those of network namespaces only they are in, are missing"
+                "tcptrace: warning: {unreadable} {} could not be read in /proc ({}; {}): the CLOSE_WAIT sockets they hold, and those of network namespaces only they are in, are missing",
+                if unreadable == 1 {
+                    "process"
+                } else {
+                    "processes"
+                },
+                named_pids(self.index.unreadable_pids(), unreadable),
+                unreadable_why()
             );
             self.warned_unreadable = true;
         }
@@ -425,6 +432,34 @@ impl Trend {
         }
         let alive: HashSet<(u32, u64)> = rows.iter().map(|r| (r.pid, r.start_time)).collect();
         self.samples.retain(|k, _| alive.contains(k));
+    }
+}
+
+/// `pid 1 (systemd), pid 7 (x), ...`.
+fn named_pids(pids: &[u32], total: usize) -> String {
+    let mut text = pids
+        .iter()
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("pid {pid} ({})", comm.trim_end_matches('\n'))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if total > pids.len() {
+        text.push_str(", ...");
+    }
+    text
+}
+
+/// Why /proc refuses: the capabilities tcptrace lacks, or, with them, the
+/// kernel's own reasons (a process more privileged than tcptrace, a
+/// security module).
+fn unreadable_why() -> &'static str {
+    use crate::host::sys::{CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, has_capability};
+    if has_capability(CAP_SYS_PTRACE) && has_capability(CAP_DAC_READ_SEARCH) {
+        "refused despite CAP_SYS_PTRACE: they hold capabilities tcptrace lacks, or a security module denies it"
+    } else {
+        "another user's, without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
     }
 }
 

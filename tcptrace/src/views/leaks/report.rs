@@ -122,19 +122,31 @@ impl Report {
         let lost = lost.map_or_else(String::new, |n| format!(", {n} events lost"));
         writeln!(
             out,
-            "{time}  {total} CLOSE_WAIT sockets in {} processes{lost}",
-            rows.len()
+            "{time}  {total} CLOSE_WAIT {} in {} {}{lost}",
+            if total == 1 { "socket" } else { "sockets" },
+            rows.len(),
+            if rows.len() == 1 {
+                "process"
+            } else {
+                "processes"
+            }
         )?;
         if rows.is_empty() {
             return out.flush();
         }
         let min_age_col = format!(">={}", human_age(self.min_age));
+        let names: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{}{}", r.comm, place(r)))
+            .collect();
+        // As wide as the longest `comm@container`, so the columns stay aligned.
+        let comm_width = names.iter().map(|n| n.chars().count()).fold(16, usize::max);
         writeln!(
             out,
-            "{:<8} {:<16} {:>10} {:>9} {:>9} {:>9} {:>16}  TOP PEERS",
+            "{:<8} {:<comm_width$} {:>10} {:>9} {:>9} {:>9} {:>16}  TOP PEERS",
             "PID", "COMM", "CLOSE_WAIT", "OLDEST", min_age_col, "GROWTH/1m", "FDS/LIMIT"
         )?;
-        for r in rows {
+        for (r, name) in rows.iter().zip(&names) {
             let oldest = r.oldest().map_or_else(String::new, |s| age_text(s.age));
             let growth = r
                 .growth_1m
@@ -152,9 +164,9 @@ impl Report {
                 .collect();
             writeln!(
                 out,
-                "{:<8} {:<16} {:>10} {:>9} {:>9} {:>9} {:>16}  {}",
+                "{:<8} {:<comm_width$} {:>10} {:>9} {:>9} {:>9} {:>16}  {}",
                 r.pid,
-                format!("{}{}", r.comm, place(r)),
+                name,
                 r.sockets.len(),
                 oldest,
                 r.older_than(self.min_age),
