@@ -45,8 +45,9 @@ pub struct Cli {
     /// Show diagnostics, including the kernel program's (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// At the end, write the run's statistics (events, lost, evicted, dropped,
-    /// missed) to FILE as one JSON object, for scripts and benchmarks.
+    /// At the end, write the run's statistics to FILE as one JSON object, for
+    /// scripts and benchmarks: events, lost, evicted, undecodable, missed,
+    /// dropped, stacks_lost, and measured (hist's dwell times; else null).
     #[arg(long, value_name = "FILE", global = true)]
     pub stats_json: Option<PathBuf>,
     #[command(subcommand)]

@@ -57,6 +57,10 @@ pub trait Sink {
     fn finish(&mut self, _ctx: &mut Context<'_>) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Dwell times the kernel measured for this view, if it measures any.
+    fn measured(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a sink may look at on a tick.
@@ -86,6 +90,9 @@ pub struct Stats {
     pub dropped: u64,
     /// User stacks the kernel could not keep (with stacks on).
     pub stacks_lost: u64,
+    /// Dwell times the kernel measured and counted (`hist`); `None` where
+    /// the view measures none in the kernel.
+    pub measured: Option<u64>,
 }
 
 impl Stats {

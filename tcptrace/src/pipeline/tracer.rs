@@ -155,11 +155,12 @@ impl Tracer {
                 break;
             }
         }
-        let stats = self.stats();
+        let mut stats = self.stats();
         match sink.finish(&mut self.context(stats)) {
             Err(e) if !is_closed_pipe(&e) => return Err(e),
             _ => {}
         }
+        stats.measured = sink.measured();
         // Detach before saying we are done.
         drop(ring);
         drop(self);

@@ -631,3 +631,42 @@ fn a_full_socket_table_evicts_and_says_so() {
         assert!(established < 8, "{vals:#?}");
     });
 }
+
+/// `--stats-json` carries the dwell times the kernel measured: the sum of
+/// the state histograms' counts, and the closing line's number.
+#[test]
+fn statistics_carry_the_dwell_times_measured() {
+    retrying(|| {
+        let (l, port) = listener("127.0.0.1:0");
+        let path = std::env::temp_dir().join(format!("tcptrace-hist-stats-{port}.json"));
+        let run = start(&[
+            "--stats-json",
+            path.to_str().unwrap(),
+            "hist",
+            "--json",
+            "-L",
+            &port.to_string(),
+        ]);
+        close_first(&l, port, Duration::ZERO);
+        thread::sleep(Duration::from_millis(150));
+        let fin = run.stop();
+        note_misses(&fin);
+        let states: u64 = fin
+            .json()
+            .iter()
+            .filter(|v| v["kind"] == "state")
+            .map(count)
+            .sum();
+        let stats: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(stats["measured"], states, "{stats} {}", fin.stderr);
+        assert!(states >= 4, "{}", fin.stderr);
+        assert!(
+            fin.stderr.contains(&format!(
+                "tcptrace: {states} dwell times measured in the kernel"
+            )),
+            "{}",
+            fin.stderr
+        );
+    });
+}

@@ -152,6 +152,10 @@ impl<W: Write> Sink for KernelSink<W> {
         );
         Ok(())
     }
+
+    fn measured(&self) -> Option<u64> {
+        Some(self.measured)
+    }
 }
 
 /// `--exact`: the stream of transitions, measured in userspace.
