@@ -38,7 +38,7 @@ pub fn run(release: bool, args: &[OsString]) -> Result<()> {
         sudo
     };
     tcptrace.args(args);
-    println!("$ {}", cmd::display(&tcptrace));
+    eprintln!("$ {}", cmd::display(&tcptrace));
     let err = tcptrace.exec();
     let why = if setup::is_root() {
         ""

@@ -31,7 +31,7 @@ impl std::error::Error for Failed {}
 
 /// Prints `$ cmd` and runs it with inherited stdio; an error unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    println!("$ {}", display(cmd));
+    eprintln!("$ {}", display(cmd));
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {}", program(cmd)))?;

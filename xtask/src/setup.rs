@@ -114,20 +114,20 @@ pub fn ensure(verbose: bool) -> Result<()> {
         match step(root)? {
             Outcome::Present(detail) => {
                 if verbose {
-                    println!("setup: {what}: already there ({detail})");
+                    eprintln!("setup: {what}: already there ({detail})");
                 }
             }
             Outcome::Installed(detail) => {
                 installed = true;
-                println!("setup: {what}: installed ({detail})");
+                eprintln!("setup: {what}: installed ({detail})");
             }
         }
     }
     let secs = start.elapsed().as_secs_f64();
     if installed {
-        println!("setup: done in {secs:.1} s");
+        eprintln!("setup: done in {secs:.1} s");
     } else {
-        println!("setup: every prerequisite already there ({secs:.2} s)");
+        eprintln!("setup: every prerequisite already there ({secs:.2} s)");
     }
     Ok(())
 }
@@ -272,7 +272,7 @@ fn bpf_linker(_root: bool) -> Result<Outcome> {
     {
         return Ok(Outcome::Present(v.clone()));
     }
-    println!(
+    eprintln!(
         "setup: bpf-linker: {}; building it (takes minutes)",
         found.map_or("not found".to_owned(), |v| format!(
             "found {v}, need {BPF_LINKER_VERSION}x"

@@ -28,7 +28,7 @@ pub fn test(cargo_test_args: &[OsString]) -> Result<()> {
     // then the kernel matrix.
     let count = steps.len() + 2;
     for (i, (title, args, extra)) in steps.into_iter().enumerate() {
-        println!("==> xtask test [{}/{count}]: {title}", i + 1);
+        eprintln!("==> xtask test [{}/{count}]: {title}", i + 1);
         cmd::run(
             Command::new(crate::cargo())
                 .current_dir(crate::workspace_root())
@@ -42,12 +42,12 @@ pub fn test(cargo_test_args: &[OsString]) -> Result<()> {
         count - 1
     );
     crate::package::test()?;
-    println!(
+    eprintln!(
         "==> xtask test [{count}/{count}]: kernel matrix (the kernel tests in Debian's 5.10, 6.1 and 6.12 under qemu)"
     );
     // For a quick local run; CI runs it.
     if std::env::var_os(SKIP_MATRIX).is_some_and(|v| v == "1") {
-        println!("skipped: {SKIP_MATRIX}=1");
+        eprintln!("skipped: {SKIP_MATRIX}=1");
         return Ok(());
     }
     crate::matrix::run(&crate::matrix::MatrixArgs::default())
