@@ -137,9 +137,8 @@ fn printable(raw: &[u8]) -> String {
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '\x1b' {
-            // CSI: ESC [ params final-byte
-            if chars.peek() == Some(&'[') {
-                chars.next();
+            // CSI (ESC [ params final-byte) or a two-character escape (ESC c).
+            if chars.next() == Some('[') {
                 for c in chars.by_ref() {
                     if ('@'..='~').contains(&c) {
                         break;
@@ -237,5 +236,67 @@ impl Parser {
                 .or_default()
                 .push(line.to_owned());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(lines: &[&str]) -> Console {
+        let mut p = Parser::new("n0");
+        for l in lines {
+            p.line(l);
+        }
+        p.out
+    }
+
+    #[test]
+    fn verdicts_failures_facts_and_the_closing_line() {
+        let out = parse(&[
+            "facts: uname -r: 6.1.0-57-cloud-amd64",
+            "tcptrace-matrix: run integration",
+            "test watch::a ... ok",
+            // A child's stderr (not captured by libtest) cuts the line.
+            "test leaks::b ... Traceback (most recent call last):",
+            "OSError: [Errno 24] Too many open files",
+            "FAILED",
+            "test hist::c ... FAILED",
+            "test cli::d ... ignored",
+            "failures:",
+            "---- hist::c stdout ----",
+            "thread 'hist::c' panicked at x.rs:1:1:",
+            "left: 0",
+            "failures:",
+            "test result: FAILED. 1 passed; 2 failed",
+            "tcptrace-matrix: done n0 exit=1",
+        ]);
+        let results: Vec<(&str, bool)> =
+            out.results.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            results,
+            [
+                ("integration::hist::c", false),
+                ("integration::leaks::b", false),
+                ("integration::watch::a", true),
+            ]
+        );
+        assert_eq!(
+            out.failures["integration::hist::c"],
+            ["thread 'hist::c' panicked at x.rs:1:1:", "left: 0"]
+        );
+        assert_eq!(out.facts, ["uname -r: 6.1.0-57-cloud-amd64"]);
+        assert_eq!(out.exit, Some(1));
+    }
+
+    #[test]
+    fn a_closing_line_with_another_nonce_is_not_ours() {
+        let out = parse(&["tcptrace-matrix: done other exit=0"]);
+        assert_eq!(out.exit, None);
+    }
+
+    #[test]
+    fn escape_sequences_and_line_ends_are_dropped() {
+        assert_eq!(printable(b"\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\n"), "SeaBIOS");
     }
 }
