@@ -537,7 +537,7 @@ fn exact_agrees_with_the_kernel() {
         let e = exact.stop();
         // Both programs run at each tracepoint hit: a skipped hit counts for both.
         note_misses(&k);
-        assert_eq!(e.code, Some(0), "{}", e.stderr);
+        note_misses(&e);
         assert!(e.stderr.contains(" 0 lost"), "{}", e.stderr);
         let (k, e) = (k.json(), e.json());
         assert_eq!(names(&k), names(&e));
@@ -545,7 +545,8 @@ fn exact_agrees_with_the_kernel() {
         for v in &e {
             let name = v["name"].as_str().unwrap();
             assert_eq!(count(v), count(hist(&k, name, &none)), "{name}");
-            // Both read the same clock in the same tracepoint, a few ns apart.
+            // Both read the same clock in the same tracepoint hits, one
+            // program after the other: microseconds apart at most (µs here).
             assert!(max(v).abs_diff(max(hist(&k, name, &none))) < 1000, "{name}");
         }
         for name in ["CLOSE_WAIT", "passive_close"] {
