@@ -434,8 +434,12 @@ impl SideApt {
             return Ok(());
         }
         let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        // A suite's lists start with its Release file (`lists/lock` is not one).
         let have_lists = fs::read_dir(self.dir.join("lists"))
-            .map(|d| d.filter_map(Result::ok).any(|e| e.path().is_file()))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with("Release"))
+            })
             .unwrap_or(false);
         if have_lists {
             println!(
