@@ -38,6 +38,14 @@ const MAN_PAGES: [&str; 6] = [
     "tcptrace-completions",
 ];
 const DOC_DIR: &str = "/usr/share/doc/tcptrace";
+/// Lintian's overrides for the package, each with its reason.
+const LINTIAN_OVERRIDES_PATH: &str = "/usr/share/lintian/overrides/tcptrace";
+const LINTIAN_OVERRIDES: &str = "\
+# serve --web-config parses YAML with unsafe-libyaml-norway, a Rust translation
+# of libyaml compiled into the binary as every Rust crate is; lintian knows it
+# by libyaml's error messages.
+tcptrace: embedded-library libyaml [usr/bin/tcptrace]
+";
 const COMPLETIONS: [(&str, &str); 3] = [
     ("bash", "/usr/share/bash-completion/completions/tcptrace"),
     ("zsh", "/usr/share/zsh/vendor-completions/_tcptrace"),
@@ -81,6 +89,7 @@ pub fn build() -> Result<PathBuf> {
         let script = output(Command::new(&binary).args(["completions", shell]))?;
         super::write_file(&at(path), script, 0o644)?;
     }
+    super::write_file(&at(LINTIAN_OVERRIDES_PATH), LINTIAN_OVERRIDES, 0o644)?;
     let doc = at(DOC_DIR);
     super::write_file(&doc.join("copyright"), super::copyright()?, 0o644)?;
     let (name, email) = maintainer();
@@ -410,7 +419,7 @@ fn check_info(deb: &Path) -> Result<()> {
 
 /// The files the package must hold, exactly (directories aside).
 fn expected_files() -> Vec<String> {
-    let mut files: Vec<String> = [BINARY_PATH, UNIT_PATH]
+    let mut files: Vec<String> = [BINARY_PATH, UNIT_PATH, LINTIAN_OVERRIDES_PATH]
         .into_iter()
         .chain(COMPLETIONS.iter().map(|(_, path)| *path))
         .map(str::to_owned)
