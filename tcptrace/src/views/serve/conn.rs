@@ -16,7 +16,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
@@ -74,11 +77,22 @@ async fn handshake(
         Ok(_) if first[0] == TLS_HANDSHAKE => {}
         Ok(_) => {
             if first[0].is_ascii_uppercase() {
-                let _ = stream.write_all(PLAIN_TO_TLS).await;
-                let _ = stream.shutdown().await;
                 server
                     .refusals
                     .refused(peer, "plain HTTP to the TLS port (use https://)");
+                let _ = stream.write_all(PLAIN_TO_TLS).await;
+                let _ = stream.shutdown().await;
+                // Closing with its request unread would reset the connection
+                // and could lose the answer: read it first, a little while.
+                let drain = async {
+                    let mut sink = [0u8; 4096];
+                    for _ in 0..16 {
+                        if !matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
             } else {
                 server.refusals.refused(peer, "not a TLS handshake");
             }
