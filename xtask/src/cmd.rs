@@ -1,5 +1,5 @@
-//! Running commands: print `$ cmd`, run with inherited stdio, and fail with a
-//! one-line error such as `apt-get install failed (exit 100)`.
+//! Running commands: print `$ cmd`, run with their output on stderr, and fail
+//! with a one-line error such as `apt-get install failed (exit 100)`.
 use std::ffi::OsStr;
 use std::fmt;
 use std::path::Path;
@@ -29,10 +29,14 @@ impl fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
-/// Prints `$ cmd` and runs it with inherited stdio; an error unless it exits 0.
+/// Prints `$ cmd` and runs it, its stdout sent to stderr: what xtask runs
+/// is progress, and stdout is kept for what the user asked for (`cargo xtask
+/// run -- watch --json > events.json` gets only the events). An error unless
+/// it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", display(cmd));
     let status = cmd
+        .stdout(std::io::stderr())
         .status()
         .with_context(|| format!("cannot run {}", program(cmd)))?;
     check(cmd, status)
@@ -52,7 +56,8 @@ pub fn succeeds(cmd: &mut Command) -> bool {
     stdout(cmd).is_some()
 }
 
-fn check(cmd: &Command, status: ExitStatus) -> Result<()> {
+/// An error naming the command unless `status` is success.
+pub fn check(cmd: &Command, status: ExitStatus) -> Result<()> {
     use std::os::unix::process::ExitStatusExt as _;
     if status.success() {
         return Ok(());

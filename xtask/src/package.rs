@@ -13,6 +13,8 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 
 use crate::{build, cmd};
+// The packages run their tools as every xtask command does.
+use crate::cmd::{check as check_status, run};
 
 mod booted;
 pub mod deb;
@@ -67,16 +69,6 @@ fn install_stripped(binary: &Path, to: &Path) -> Result<()> {
         .arg(to))
 }
 
-/// Prints `$ cmd` on stderr and runs it with its stdout sent to our stderr.
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("$ {}", cmd::display(cmd));
-    let status = cmd
-        .stdout(std::io::stderr())
-        .status()
-        .with_context(|| format!("cannot run {}", cmd::name(cmd)))?;
-    check_status(cmd, status)
-}
-
 /// Runs with stderr inherited and returns stdout; an error unless it exits 0.
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
@@ -111,19 +103,6 @@ fn filter(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
         .with_context(|| format!("writing to {}", cmd::name(cmd)))?;
     check_status(cmd, out.status)?;
     Ok(out.stdout)
-}
-
-fn check_status(cmd: &Command, status: std::process::ExitStatus) -> Result<()> {
-    use std::os::unix::process::ExitStatusExt as _;
-    if status.success() {
-        return Ok(());
-    }
-    Err(cmd::Failed {
-        what: cmd::name(cmd),
-        code: status.code(),
-        signal: status.signal(),
-    }
-    .into())
 }
 
 /// Seconds since the epoch that the packages' timestamps are set to, so that
