@@ -34,6 +34,8 @@ pub struct Console {
     pub problem: Option<String>,
     /// The last console lines, for a guest that never reached the tests.
     pub tail: Vec<String>,
+    /// The guest kernel's first Oops, BUG or panic line, if it crashed.
+    pub crash: Option<String>,
     pub elapsed: Duration,
 }
 
@@ -186,6 +188,13 @@ impl Parser {
         if self.out.tail.len() > 40 {
             self.out.tail.remove(0);
         }
+        if self.out.crash.is_none()
+            && ["] Oops: ", "] BUG: ", "Kernel panic - not syncing"]
+                .iter()
+                .any(|m| line.contains(m))
+        {
+            self.out.crash = Some(line.trim().to_owned());
+        }
         if let Some(rest) = line.strip_prefix(&self.done) {
             self.out.exit = rest.trim().parse().ok();
             return;
@@ -287,6 +296,20 @@ mod tests {
         );
         assert_eq!(out.facts, ["uname -r: 6.1.0-57-cloud-amd64"]);
         assert_eq!(out.exit, Some(1));
+    }
+
+    #[test]
+    fn the_first_oops_is_the_crash() {
+        let out = parse(&[
+            "test watch::e ... [  217.289112] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+            "[  217.300700] Kernel panic - not syncing: Fatal exception in interrupt",
+        ]);
+        assert_eq!(
+            out.crash.as_deref(),
+            Some("test watch::e ... [  217.289112] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI")
+        );
+        assert!(out.results.is_empty());
+        assert_eq!(out.exit, None);
     }
 
     #[test]

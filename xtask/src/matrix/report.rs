@@ -19,6 +19,8 @@ pub struct Row {
     /// Why the kernel failed as a whole (download, boot, timeout).
     problem: Option<String>,
     failures: BTreeMap<String, Vec<String>>,
+    /// The crash of a first boot that a second one did not repeat.
+    pub crashed_once: Option<String>,
 }
 
 impl Row {
@@ -33,6 +35,7 @@ impl Row {
             failed: Vec::new(),
             problem: Some(problem),
             failures: BTreeMap::new(),
+            crashed_once: None,
         }
     }
 
@@ -56,14 +59,20 @@ pub fn row(series: &str, version: String, selected: &[TestBinary], console: Cons
             }
         }
     }
-    let problem = console.problem.clone().or_else(|| match console.exit {
-        Some(0) if failed.is_empty() => None,
-        Some(0) => Some("tests failed, yet the guest's status was 0".to_owned()),
-        // The failures say it all.
-        Some(_) if !failed.is_empty() => None,
-        Some(code) => Some(format!("the guest's tests ended with status {code}")),
-        None => Some("no closing line on the console".to_owned()),
-    });
+    let crash = console
+        .crash
+        .as_ref()
+        .map(|c| format!("the guest's kernel crashed: {c}"));
+    let problem = crash
+        .or(console.problem.clone())
+        .or_else(|| match console.exit {
+            Some(0) if failed.is_empty() => None,
+            Some(0) => Some("tests failed, yet the guest's status was 0".to_owned()),
+            // The failures say it all.
+            Some(_) if !failed.is_empty() => None,
+            Some(code) => Some(format!("the guest's tests ended with status {code}")),
+            None => Some("no closing line on the console".to_owned()),
+        });
     let problem = problem.map(|p| {
         if console.results.is_empty() {
             format!(
@@ -88,6 +97,7 @@ pub fn row(series: &str, version: String, selected: &[TestBinary], console: Cons
         failed,
         problem,
         failures: console.failures,
+        crashed_once: None,
     }
 }
 
@@ -131,6 +141,14 @@ pub fn print_summary(rows: &[Row], elapsed: Duration) -> usize {
             r.passed,
             r.failed.len()
         );
+    }
+    for r in rows {
+        if let Some(crash) = &r.crashed_once {
+            println!(
+                "\n[{}] note: the first boot's kernel crashed ({crash}); the run above is the second boot's",
+                r.series
+            );
+        }
     }
     for r in rows.iter().filter(|r| !r.ok()) {
         if let Some(p) = &r.problem {

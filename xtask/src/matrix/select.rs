@@ -51,19 +51,28 @@ pub fn build_tests() -> Result<(PathBuf, Vec<TestBinary>)> {
             .unwrap_or_default()
             .to_owned();
         let is_test = msg["profile"]["test"].as_bool() == Some(true);
-        if kinds.iter().any(|k| k == "test") {
+        let kind = kinds.first().and_then(|k| k.as_str()).unwrap_or_default();
+        if is_test {
+            // Unit tests hold kernel checks too (the tracepoint's layout,
+            // BTF): an integration test is named by its target, a unit test
+            // binary by its target and kind (`tcptrace-lib`).
+            let name = if kind == "test" {
+                name
+            } else {
+                format!("{name}-{kind}")
+            };
             binaries.push(TestBinary {
                 name,
                 exe: exe.into(),
                 tests: Vec::new(),
             });
-        } else if kinds.iter().any(|k| k == "bin") && name == "tcptrace" && !is_test {
+        } else if kind == "bin" && name == "tcptrace" {
             tcptrace = Some(PathBuf::from(exe));
         }
     }
     let tcptrace = tcptrace.context("cargo built no tcptrace binary")?;
     if binaries.is_empty() {
-        bail!("cargo reported no integration test executables for tcptrace");
+        bail!("cargo reported no test executables for tcptrace");
     }
     Ok((tcptrace, binaries))
 }
