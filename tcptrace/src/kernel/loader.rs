@@ -76,6 +76,9 @@ pub struct OwnerMaps {
     pub listeners: HashMap<MapData, ListenKey, KnownOwner>,
     /// Socket inode -> a holder (with [`OWNERS_BY_INODE`]).
     pub inodes: Option<HashMap<MapData, u64, KnownOwner>>,
+    /// How many sockets `inodes` takes: one entry more is kept for the
+    /// mark that seeding is complete, which must fit when the sockets do not.
+    pub inode_room: usize,
 }
 
 impl Probe {
@@ -146,6 +149,7 @@ impl Probe {
                 } else {
                     None
                 },
+                inode_room: cfg.max_sockets as usize,
             })
         } else {
             None
@@ -349,10 +353,11 @@ fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
         ),
         ("LISTEN_OWNERS", if cfg.owners() { 4096 } else { 1 }),
         // Allocated as filled (BPF_F_NO_PREALLOC): the bound costs nothing.
+        // One more than the sockets seeded: the mark that seeding is done.
         (
             "INODE_OWNERS",
             if c.owners & OWNERS_BY_INODE != 0 {
-                cfg.max_sockets.max(1)
+                cfg.max_sockets.saturating_add(1)
             } else {
                 1
             },

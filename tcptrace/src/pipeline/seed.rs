@@ -64,10 +64,14 @@ pub fn owners(
                 .context("seeding the kernel's listener owners")?;
             seeded.listeners += 1;
         } else if let Some(inodes) = &mut maps.inodes {
-            match inodes.insert(s.inode, owner, 0) {
-                Ok(()) => seeded.sockets += 1,
-                Err(_) => seeded.left_out += 1,
+            if seeded.sockets >= maps.inode_room {
+                seeded.left_out += 1;
+                continue;
             }
+            inodes
+                .insert(s.inode, owner, 0)
+                .context("seeding the kernel's socket owners")?;
+            seeded.sockets += 1;
         }
     }
     if let Some(inodes) = &mut maps.inodes {

@@ -329,3 +329,40 @@ fn a_refused_bpf_system_call_is_named_as_such() {
         fin.stderr
     );
 }
+
+/// More sockets older than tcptrace than `--max-sockets`: the owners that do
+/// not fit are left out (said once, then unknown), and tracing starts.
+#[test]
+fn more_older_sockets_than_the_owner_map_holds_are_left_out_with_a_warning() {
+    let (l, port) = listener("127.0.0.1:0");
+    let acceptor =
+        thread::spawn(move || (0..100).map(|_| l.accept().unwrap().0).collect::<Vec<_>>());
+    let clients: Vec<_> = (0..100).map(|_| connect("127.0.0.1", port)).collect();
+    let accepted = acceptor.join().unwrap();
+    let run = start(&[
+        "watch",
+        "--json",
+        "-D",
+        &port.to_string(),
+        "--max-sockets",
+        "16",
+    ]);
+    drop(clients);
+    let closed = run.wait_for(Duration::from_secs(10), |v| {
+        v.iter().filter(|v| v["oldstate"] == "FIN_WAIT1").count() >= 100
+    });
+    drop(accepted);
+    let fin = run.stop();
+    assert!(closed, "{:?} {}", fin.lines, fin.stderr);
+    assert_eq!(fin.code, Some(0), "{}", fin.stderr);
+    assert!(
+        fin.stderr
+            .contains("sockets older than tcptrace left out of the owner map"),
+        "{}",
+        fin.stderr
+    );
+    // What a kernel decided at close() is right; the rest is unknown, never a guess.
+    for v in fin.json() {
+        assert!(v["pid"].is_null() || v["pid"] == my_pid(), "{v}");
+    }
+}
