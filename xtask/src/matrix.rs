@@ -42,10 +42,11 @@ const KERNELS: &[(&str, &str)] = &[
 
 /// The tests the guests run, by test name (the last `::` segment, so it
 /// does not matter which test binary or module holds them, integration or
-/// unit tests): those that need only what the initramfs has. Not here: tests that start
-/// python3 (the leak scenarios, the python clients), Prometheus or
-/// promtool, libbpf-tools or bpftrace, systemd-analyze. A name that no
-/// test binary has any more fails the run, so renames are noticed.
+/// unit tests): those that need only what the initramfs has. Not here:
+/// tests that start python3 (the leak scenarios, the python clients; see
+/// `--python`), Prometheus or promtool, libbpf-tools or bpftrace,
+/// systemd-analyze, compilers. A name that no test binary has any more
+/// fails the run, so renames are noticed.
 pub const GUEST_TESTS: &[&str] = &[
     // The kernel contract (unit tests in tcptrace's kernel module): the
     // tracepoint layouts and BTF, the heart of the matter.
@@ -308,6 +309,8 @@ impl Plan {
             }
             .run()
         };
+        // An earlier run's second console would pass for this one's.
+        let _ = fs::remove_file(work.join("console-2.log"));
         let mut console = boot("console.log")?;
         let mut crashed_once = None;
         // Under multi-threaded TCG, a vCPU can run code another one has just
