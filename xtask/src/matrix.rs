@@ -147,8 +147,11 @@ const GUEST_TOOLS: &[&str] = &[
 ];
 
 /// How long a guest may take, boot to power-off, unless told: the three
-/// take 3-4 minutes each under TCG on 2 vCPUs, so this only stops a hang.
+/// take 3-5 minutes each under TCG on 2 vCPUs, so this only stops a hang.
+/// With --python they take 8-20 minutes (failing owner tests wait out
+/// their own timeouts).
 const DEFAULT_TIMEOUT_SECS: u64 = 1200;
+const DEFAULT_PYTHON_TIMEOUT_SECS: u64 = 2700;
 
 #[derive(clap::Args, Debug)]
 pub struct MatrixArgs {
@@ -159,9 +162,10 @@ pub struct MatrixArgs {
     /// tests that need it too (GUEST_PYTHON_TESTS)
     #[arg(long)]
     python: bool,
-    /// Seconds each guest may take, boot to power-off
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
+    /// Seconds each guest may take, boot to power-off [default: 1200, with
+    /// --python 2700]
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// libtest arguments choosing the tests instead of the built-in
     /// selection (names, `--exact`, `--skip NAME`); resolved on the host with
     /// `--list`, then run by exact name in each guest
@@ -175,7 +179,7 @@ impl Default for MatrixArgs {
         Self {
             kernels: Vec::new(),
             python: false,
-            timeout: DEFAULT_TIMEOUT_SECS,
+            timeout: None,
             filter: Vec::new(),
         }
     }
@@ -192,7 +196,12 @@ pub fn run(args: &MatrixArgs) -> Result<()> {
     let started = Instant::now();
     let dir = crate::target_dir().join("matrix");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let timeout = Duration::from_secs(args.timeout.max(60));
+    let timeout = args.timeout.unwrap_or(if args.python {
+        DEFAULT_PYTHON_TIMEOUT_SECS
+    } else {
+        DEFAULT_TIMEOUT_SECS
+    });
+    let timeout = Duration::from_secs(timeout.max(60));
     let kernels: Vec<(&str, &str)> = KERNELS
         .iter()
         .copied()

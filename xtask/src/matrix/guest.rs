@@ -98,10 +98,12 @@ impl Boot<'_> {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    parser.out.problem = Some(format!(
-                        "no end within {} s (the guest hung or TCG is slower than allowed; --timeout)",
+                    let problem = format!(
+                        "no end within {} s (the guest hung or TCG is slower than allowed; --timeout): stopping it",
                         self.timeout.as_secs()
-                    ));
+                    );
+                    println!("[{}] {problem}", self.tag);
+                    parser.out.problem = Some(problem);
                     break;
                 }
             }
