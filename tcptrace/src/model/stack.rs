@@ -12,7 +12,8 @@ pub struct Frame {
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
-    /// The executable or library (a path), `[vdso]`, or a perf map's name.
+    /// The executable or library (a path) or `[vdso]`; `None` for JIT code
+    /// named by its runtime's perf map.
     pub module: Option<String>,
     /// The address in the process (a return address for all but the first).
     #[serde(serialize_with = "hex")]

@@ -32,6 +32,7 @@ struct Programs {
     c_no_frame_pointers: PathBuf,
     go: PathBuf,
     rust: PathBuf,
+    jit: PathBuf,
 }
 
 fn programs() -> &'static Programs {
@@ -53,6 +54,7 @@ fn programs() -> &'static Programs {
             c_no_frame_pointers: dir.join("leaky-nofp"),
             go: dir.join("leaky-go"),
             rust: dir.join("leaky-rs"),
+            jit: dir.join("leaky-jit"),
         };
         build(
             Command::new("cc")
@@ -74,6 +76,12 @@ fn programs() -> &'static Programs {
                 .args(["build", "-o"])
                 .arg(&p.go)
                 .arg(src.join("leaky.go")),
+        );
+        build(
+            Command::new("cc")
+                .args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"])
+                .arg(&p.jit)
+                .arg(src.join("jit.c")),
         );
         build(
             Command::new("rustc")
@@ -294,6 +302,35 @@ fn rust_client_with_frame_pointers_forced() {
         "leaky.rs",
         line_of("leaky.rs", "TcpStream::connect("),
     );
+}
+
+/// JIT-compiled code (a JVM, Node, Python 3.12's `-X perf`) lives in
+/// anonymous memory: the runtime's perf map (/tmp/perf-PID.map) names it.
+#[test]
+fn jit_code_is_named_from_the_runtimes_perf_map() {
+    let port = closing_server();
+    let run = leaks(port);
+    let leak = Leaky::start(&programs().jit, &[&port.to_string(), "2"]);
+    let row = row_with_stacks(&run, leak.holder, 2);
+    // The native code it called, with its line, then the JIT frame by name.
+    assert_opened_at(
+        &row,
+        "native_connect",
+        "jit.c",
+        line_of("jit.c", "connect(fd,"),
+    );
+    let frames = row["stacks"][0]["stack"]["frames"].as_array().unwrap();
+    let names: Vec<&str> = frames
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    let at = |name: &str| names.iter().position(|n| *n == name);
+    let jitted = at("LazyCompile:*openBrokerConnection broker.js:12");
+    assert!(
+        jitted.is_some() && at("native_connect") < jitted && jitted < at("main"),
+        "{names:?}"
+    );
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", leak.holder));
 }
 
 #[test]
