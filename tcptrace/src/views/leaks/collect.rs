@@ -30,6 +30,10 @@ use crate::{
     },
 };
 
+/// tcp_info counts its ages in jiffies (10 ms at HZ=100): an entry into
+/// CLOSE_WAIT estimated this close to the table's reading may be after it.
+const ENTRY_SLACK_NS: u64 = 20_000_000;
+
 /// How old a CLOSE_WAIT socket is, and how that is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Age {
@@ -300,6 +304,9 @@ impl Collector {
         let states = u32::from(TcpState::mask(&[TcpState::CloseWait, TcpState::Listen]));
         let family = self.selection.family.map(Family::af);
         let host = netns::dump_all(&self.index.namespaces(), states, family, self.route)?;
+        // tcp_info's ages count back from the dump, which the /proc scan
+        // may have delayed well after `now_ns`.
+        let dumped_ns = crate::host::sys::monotonic_ns();
         for (ns, why) in &host.unreadable {
             log::warn!("network namespace {ns}: {why}");
         }
@@ -339,12 +346,24 @@ impl Collector {
             let key = (d.netns, d.inode, tuple);
             seen.insert(key);
             let traced = traced.get(&d.inode).filter(|_| d.inode != 0);
-            // New since the last refresh, and not traced: it entered
-            // CLOSE_WAIT while this refresh ran, and its transition (exact
-            // age, stack) is still in the ring buffer. The next refresh
-            // has it; calling it older than tcptrace would be wrong.
+            // At the latest the last ACK that acknowledged something (the
+            // peer's FIN updates it only when data was in flight): a lower
+            // bound of its entry into CLOSE_WAIT.
+            let entered_ns = d
+                .info
+                .map(|i| dumped_ns.saturating_sub(u64::from(i.last_ack_recv_ms) * 1_000_000));
+            // Not traced, yet it entered CLOSE_WAIT while this refresh ran
+            // (new since the last one, or, at the first, acknowledged
+            // after the table was read: the /proc scan can take seconds on
+            // a loaded host). Its transition (exact age, stack) is still in
+            // the ring buffer; the next refresh has it. Calling it older
+            // than tcptrace would be wrong. (At the first refresh, a
+            // connection idle since before it and closed by its peer
+            // during the scan still shows as older, for that refresh.)
+            let during_this_refresh =
+                self.refreshes > 0 || entered_ns.is_some_and(|t| t + ENTRY_SLACK_NS >= now_ns);
             if self.live
-                && self.refreshes > 0
+                && during_this_refresh
                 && traced.is_none()
                 && !self.estimates.contains_key(&key)
             {
@@ -358,10 +377,7 @@ impl Collector {
             let age = match traced {
                 Some((since, _)) => Age::Exact(Duration::from_nanos(now_ns.saturating_sub(*since))),
                 None => {
-                    // The peer's FIN carried the last ACK the socket saw.
-                    let estimate = d
-                        .info
-                        .map(|i| now_ns.saturating_sub(u64::from(i.last_ack_recv_ms) * 1_000_000));
+                    let estimate = entered_ns.map(|t| t.min(now_ns));
                     let (since, first_sight) = *self
                         .estimates
                         .entry(key)
@@ -587,6 +603,65 @@ pub(crate) mod tests {
         );
         assert_eq!(verdict(&rows, Duration::from_secs(60), 1), Verdict::Leak);
         assert_eq!(verdict(&rows, Duration::from_secs(60), 3), Verdict::NoLeak);
+    }
+
+    /// A socket that entered CLOSE_WAIT after the first refresh read the
+    /// socket table has its transition still in the ring buffer: it waits
+    /// for the next refresh instead of being called older than tcptrace.
+    /// One that was in CLOSE_WAIT before is shown at once.
+    #[test]
+    fn the_first_refresh_does_not_call_new_leaks_older_than_tcptrace() {
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let close_wait = || {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            drop(l.accept().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+            c
+        };
+        let old = close_wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let table_read = crate::host::sys::monotonic_ns();
+        let new = close_wait();
+        let selection = Selection {
+            rports: vec![port],
+            ..Selection::default()
+        };
+        let mut c = Collector::new(selection, true, true).unwrap();
+        let lport = |s: &TcpStream| s.local_addr().unwrap().port();
+        let mine = |rows: &[ProcessLeaks]| -> Vec<(u16, Age, Option<Opened>)> {
+            let mut v: Vec<_> = rows
+                .iter()
+                .filter(|r| r.pid == std::process::id())
+                .flat_map(|r| &r.sockets)
+                .map(|s| (s.tuple.lport, s.age, s.opened.clone()))
+                .collect();
+            v.sort_by_key(|s| s.0);
+            v
+        };
+        let first = mine(&c.collect(&SocketTable::new(1), table_read).unwrap());
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0].0, lport(&old));
+        assert!(
+            matches!(first[0].1, Age::AtLeast(d) if d >= Duration::from_millis(100)),
+            "{first:?}"
+        );
+        assert_eq!(
+            first[0].2,
+            Some(Opened::Unknown("in CLOSE_WAIT before tcptrace started"))
+        );
+        let later = crate::host::sys::monotonic_ns();
+        let second = mine(&c.collect(&SocketTable::new(1), later).unwrap());
+        assert_eq!(
+            second.iter().map(|s| s.0).collect::<Vec<_>>(),
+            {
+                let mut v = vec![lport(&old), lport(&new)];
+                v.sort_unstable();
+                v
+            },
+            "{second:?}"
+        );
     }
 
     #[test]
