@@ -27,7 +27,9 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let learnt = owner::learn(t, cfg, emits);
     if !owner::tracked(cfg) {
         if emits {
-            emit(t, cfg, &Owner::unknown_passing(), &learnt);
+            // SAFETY: takes no arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
+            emit(t, cfg, &Owner::unknown_passing(), &learnt, now);
         }
         return;
     }
@@ -43,6 +45,9 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let prev =
         (found && !tcptrace_common::starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
     let who = owner::resolve(t, cfg, &learnt, prev.as_ref(), emits);
+    // One clock read for the entry and the record: a second one cost 30 ns.
+    // SAFETY: takes no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
     // socket's transitions, and another socket taking the entry meanwhile
     // (a full set, on another CPU) costs one owner, no more.
@@ -59,7 +64,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
             }
             *entry = SockEntry {
                 skaddr: t.skaddr,
-                entered_ns: bpf_ktime_get_ns(),
+                entered_ns: now,
                 owner: who.tgid,
                 owner_source: who.source,
                 owner_passes: u8::from(who.passes),
@@ -68,14 +73,15 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
         }
     }
     if emits && who.passes {
-        emit(t, cfg, &who, &learnt);
+        emit(t, cfg, &who, &learnt, now);
     }
 }
 
 /// Writes the event straight into the ring buffer: no stack copy. Inlined
-/// in both callers: a BPF-to-BPF call costs a return thunk here.
+/// in both callers: a BPF-to-BPF call costs a return thunk here. `now`:
+/// the transition's time.
 #[inline(always)]
-pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt) {
+pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
         bump(DROPS_SLOT);
         return;
@@ -84,7 +90,7 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt) {
     // SAFETY: `e` points at a reserved, writable StateEvent; every field is
     // written below, with plain stores (a zeroing loop would be a BPF call).
     unsafe {
-        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).ts_ns = now;
         (*e).skaddr = t.skaddr;
         // A socket not accepted yet has no file (and SYN_RECV is all it does
         // before accept), so no walk for it; nor where the view does not want it.
@@ -98,8 +104,11 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt) {
         write_words(core::ptr::addr_of_mut!((*e).daddr), t.daddr);
         let known = who.source() != OwnerSource::Unknown;
         (*e).owner = if known { who.tgid } else { 0 };
-        (*e).owner_source = who.source() as u8;
-        (*e)._pad = [0; 3];
+        // The owner source and the three padding bytes, in one store.
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*e).owner_source).cast::<u32>(),
+            u32::from(who.source() as u8),
+        );
         // Where a leak starts: the stack that opened the socket.
         let stack = if t.new == CLOSE_WAIT && crate::stacks::on(cfg) {
             crate::stacks::of(t.skaddr)
@@ -114,12 +123,14 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt) {
         (*e).family = t.family;
         (*e).oldstate = t.old;
         (*e).newstate = t.new;
-        let comm = core::ptr::addr_of_mut!((*e).comm);
-        if learnt.seen && learnt.named {
-            write_words(comm, bytes_to_words(&learnt.comm));
+        let comm = core::ptr::addr_of_mut!((*e).comm).cast::<u64>();
+        let words = if learnt.seen && learnt.named {
+            learnt.comm
         } else {
-            write_words(comm, [0; 4]);
-        }
+            [0; 2]
+        };
+        core::ptr::write_volatile(comm, words[0]);
+        core::ptr::write_volatile(comm.add(1), words[1]);
     }
     // Wake the reader once, with the record that takes the backlog over the
     // threshold. Waking on every record past it (a reader falling behind)
@@ -132,11 +143,6 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags.into());
-}
-
-fn bytes_to_words(b: &[u8; 16]) -> [u32; 4] {
-    // SAFETY: same size, any bit pattern is valid.
-    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*b) }
 }
 
 /// Four word stores: LLVM turns a 16-byte copy or fill into a call to a
