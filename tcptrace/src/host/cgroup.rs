@@ -1,21 +1,5 @@
 //! cgroup v2 facts about a process: its cgroup path and the container it runs in.
 
-use std::{fs, path::Path};
-
-/// The cgroup v2 path (e.g. "/system.slice/nginx.service") of a process,
-/// from the "0::" line of /proc/PID/cgroup.
-pub fn cgroup_path_of_pid(pid: u32) -> Option<String> {
-    cgroup_path_at(Path::new("/proc"), pid)
-}
-
-pub fn cgroup_path_at(proc_root: &Path, pid: u32) -> Option<String> {
-    let path = proc_root.join(pid.to_string()).join("cgroup");
-    let text = fs::read_to_string(&path)
-        .map_err(|e| log::debug!("cgroup: read {}: {e}", path.display()))
-        .ok()?;
-    parse_proc_cgroup(&text)
-}
-
 /// The v2 path from /proc/PID/cgroup text; `None` on a v1-only host.
 pub fn parse_proc_cgroup(text: &str) -> Option<String> {
     text.lines()

@@ -6,6 +6,10 @@ use std::time::{Duration, SystemTime};
 pub struct Clock {
     /// Wall-clock time at monotonic zero.
     epoch: SystemTime,
+    /// The same, in ns since the Unix epoch, when it is after it: the
+    /// per-event conversions are then one addition (SystemTime arithmetic
+    /// was 3.6% of `watch --json`'s CPU).
+    epoch_unix_ns: Option<u64>,
     start_ns: u64,
 }
 
@@ -15,8 +19,13 @@ impl Clock {
     pub fn new() -> Self {
         let start_ns = monotonic_ns();
         let now = SystemTime::now();
+        let epoch = now - Duration::from_nanos(start_ns);
         Self {
-            epoch: now - Duration::from_nanos(start_ns),
+            epoch,
+            epoch_unix_ns: epoch
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_nanos()).ok()),
             start_ns,
         }
     }
@@ -84,7 +93,10 @@ impl Clock {
     }
 
     fn since_unix(&self, ts_ns: u64) -> Option<Duration> {
-        self.wall(ts_ns).duration_since(SystemTime::UNIX_EPOCH).ok()
+        match self.epoch_unix_ns.and_then(|e| e.checked_add(ts_ns)) {
+            Some(ns) => Some(Duration::from_nanos(ns)),
+            None => self.wall(ts_ns).duration_since(SystemTime::UNIX_EPOCH).ok(),
+        }
     }
 }
 

@@ -2,7 +2,10 @@
 //! kernel's socket address. Bounded: when full, the sockets that changed state
 //! longest ago are evicted and counted.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::IpAddr,
+};
 
 use tcptrace_common::TcpState;
 
@@ -33,28 +36,48 @@ pub struct Socket {
 }
 
 /// What one event did to the table.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Applied {
+#[derive(Debug, PartialEq)]
+pub struct Applied<'a> {
     /// Time spent in the old state; `None` when the socket's earlier transition was not seen.
     pub dwell_ns: Option<u64>,
-    /// The socket after the event (before removal, for CLOSE).
-    pub socket: Socket,
+    /// The socket after the event (as it was removed, for CLOSE).
+    pub socket: &'a Socket,
 }
 
+/// Kernel socket addresses are slab addresses, not chosen by anyone who
+/// could aim collisions at the table: a fixed fast hash (foldhash's) serves,
+/// where std's SipHash cost 5% of `watch --json`'s CPU.
+type Hasher = foldhash::fast::FixedState;
+
 pub struct SocketTable {
-    sockets: HashMap<u64, Socket>,
+    sockets: HashMap<u64, Socket, Hasher>,
     cap: usize,
     evicted: u64,
+    /// The states a socket is kept in ([`TcpState::bit`]s; 0: every state
+    /// but CLOSE). A view that follows one state is sent only the
+    /// transitions into and out of it: a socket that leaves it would wait
+    /// for a CLOSE that never comes.
+    keep: u16,
+    /// The socket the last event removed, for [`Applied::socket`].
+    gone: Option<Socket>,
 }
 
 pub const DEFAULT_MAX_SOCKETS: usize = 262_144;
 
 impl SocketTable {
     pub fn new(cap: usize) -> Self {
+        Self::keeping(cap, 0)
+    }
+
+    /// A table that keeps sockets only while they are in the states `keep`
+    /// ([`TcpState::bit`]s; 0 for all).
+    pub fn keeping(cap: usize, keep: u16) -> Self {
         Self {
-            sockets: HashMap::new(),
+            sockets: HashMap::with_hasher(Hasher::default()),
             cap: cap.max(1),
             evicted: 0,
+            keep,
+            gone: None,
         }
     }
 
@@ -82,8 +105,9 @@ impl SocketTable {
     }
 
     /// Applies one transition and returns the time spent in the old state;
-    /// `opened`: what opened the socket, when the transition says.
-    pub fn apply(&mut self, ev: &Event, opened: Option<Opened>) -> Applied {
+    /// `opened`: what opened the socket, when the transition says. The
+    /// socket is updated in place: one hash lookup, no copy.
+    pub fn apply(&mut self, ev: &Event, opened: Option<Opened>) -> Applied<'_> {
         let tuple = Tuple {
             laddr: ev.laddr,
             lport: ev.lport,
@@ -92,41 +116,75 @@ impl SocketTable {
         };
         // CLOSE -> X and a listener's child are new lifecycles, even if the
         // address was used by a socket whose CLOSE we missed: nothing of the
-        // previous socket at this address carries over. Taken out rather
-        // than cloned; put back below unless this is its CLOSE.
+        // previous socket at this address carries over.
         let fresh = tcptrace_common::starts_lifecycle(ev.oldstate as u8, ev.newstate as u8);
-        let prev = self.sockets.remove(&ev.skaddr).filter(|_| !fresh);
-        let dwell_ns = prev
-            .as_ref()
-            .filter(|p| p.state == ev.oldstate)
-            .and_then(|p| ev.ts_ns.checked_sub(p.since_ns));
-        let socket = Socket {
+        let kept = ev.newstate != TcpState::Close
+            && (self.keep == 0 || self.keep & ev.newstate.bit() != 0);
+        let new = |opened: Option<Opened>| Socket {
             state: ev.newstate,
             since_ns: ev.ts_ns,
             family: ev.family,
-            // Ports can be 0 early in a lifecycle (connect() sets SYN_SENT before
-            // picking the local port): keep what we knew.
-            tuple: merge_tuple(prev.as_ref().map(|p| p.tuple), tuple),
-            inode: if ev.inode != 0 {
-                ev.inode
-            } else {
-                prev.as_ref().map_or(0, |p| p.inode)
-            },
-            opened: opened.or_else(|| prev.and_then(|p| p.opened)),
+            tuple,
+            inode: ev.inode,
+            opened,
         };
-        if ev.newstate != TcpState::Close {
-            // The key is out of the map: this evicts only when it was not
-            // there before and the map is full.
+        // Full, and this socket is new to it: make room first (the O(n)
+        // batch is amortised over cap/16 inserts).
+        if kept && self.sockets.len() >= self.cap && !self.sockets.contains_key(&ev.skaddr) {
             self.make_room();
-            self.sockets.insert(ev.skaddr, socket.clone());
         }
-        Applied { dwell_ns, socket }
+        match self.sockets.entry(ev.skaddr) {
+            Entry::Occupied(mut slot) => {
+                let p = slot.get_mut();
+                let dwell_ns = (!fresh && p.state == ev.oldstate)
+                    .then(|| ev.ts_ns.checked_sub(p.since_ns))
+                    .flatten();
+                if fresh {
+                    *p = new(opened);
+                } else {
+                    p.state = ev.newstate;
+                    p.since_ns = ev.ts_ns;
+                    p.family = ev.family;
+                    // Ports can be 0 early in a lifecycle (connect() sets
+                    // SYN_SENT before picking the local port): keep what we knew.
+                    p.tuple = merge_tuple(Some(p.tuple), tuple);
+                    if ev.inode != 0 {
+                        p.inode = ev.inode;
+                    }
+                    if opened.is_some() {
+                        p.opened = opened;
+                    }
+                }
+                if kept {
+                    Applied {
+                        dwell_ns,
+                        socket: slot.into_mut(),
+                    }
+                } else {
+                    Applied {
+                        dwell_ns,
+                        socket: self.gone.insert(slot.remove()),
+                    }
+                }
+            }
+            Entry::Vacant(slot) => {
+                let socket = new(opened);
+                if kept {
+                    Applied {
+                        dwell_ns: None,
+                        socket: slot.insert(socket),
+                    }
+                } else {
+                    Applied {
+                        dwell_ns: None,
+                        socket: self.gone.insert(socket),
+                    }
+                }
+            }
+        }
     }
 
     fn make_room(&mut self) {
-        if self.sockets.len() < self.cap {
-            return;
-        }
         let ages = self.sockets.iter().map(|(k, s)| (s.since_ns, *k));
         for key in eviction_batch(ages, self.cap) {
             if self.sockets.remove(&key).is_some() {
@@ -149,7 +207,7 @@ pub fn eviction_batch(ages: impl Iterator<Item = (u64, u64)>, cap: usize) -> Vec
 
 #[cfg(test)]
 impl SocketTable {
-    fn apply_test(&mut self, ev: &Event) -> Applied {
+    fn apply_test(&mut self, ev: &Event) -> Applied<'_> {
         self.apply(ev, None)
     }
 }

@@ -50,10 +50,12 @@ pub struct Tracer {
 impl Tracer {
     /// Loads and attaches the program; when it tracks owners, tells it who
     /// holds the sockets and listeners that exist already.
+    /// `keep`: the states the view follows sockets in ([`SocketTable::keeping`]).
     pub fn attach(
         probe: &ProbeConfig,
         selection: &Selection,
         max_sockets: usize,
+        keep: u16,
     ) -> anyhow::Result<Self> {
         let mut probe = Probe::load(probe)?;
         let mut names = Names::default();
@@ -68,7 +70,7 @@ impl Tracer {
         });
         Ok(Self {
             probe,
-            table: SocketTable::new(max_sockets),
+            table: SocketTable::keeping(max_sockets, keep),
             names,
             stacks,
             clock: Clock::new(),
@@ -236,14 +238,18 @@ impl Tracer {
             _ => None,
         };
         let applied = self.table.apply(ev, opened);
-        // The kernel decided the owner; a name it read with it is the freshest.
+        // The kernel decided the owner; a name it read with it is the
+        // freshest, and is taken as it is.
         let owner = ev.owner.map(|pid| {
-            if !ev.comm.is_empty() {
-                self.names.learn(pid, ev.comm);
-            }
+            let comm = if ev.comm.is_empty() {
+                self.names.get_at(pid, ev.ts_ns)
+            } else {
+                self.names.learn_at(pid, ev.comm, ev.ts_ns);
+                ev.comm
+            };
             Owner {
                 pid,
-                comm: self.names.get(pid),
+                comm,
                 source: ev.owner_source,
             }
         });
@@ -251,7 +257,7 @@ impl Tracer {
             &Transition {
                 ev,
                 dwell_ns: applied.dwell_ns,
-                socket: &applied.socket,
+                socket: applied.socket,
                 owner,
             },
             &self.clock,

@@ -2,7 +2,9 @@
 //!
 //! Each line is built in a reused buffer, field by field, without the
 //! temporary Strings a `format!`/`#[derive(Serialize)]` line costs: under a
-//! connection storm this formatting is most of the tracer's CPU time.
+//! connection storm this formatting is most of the tracer's CPU time. Lines
+//! accumulate in that buffer and reach the output in batches, so each byte
+//! is copied once.
 
 use std::{
     io::{self, Write},
@@ -11,7 +13,7 @@ use std::{
 
 use crate::{
     host::clock::{Clock, SecondText},
-    model::owner::Owner,
+    model::owner::{Comm, Owner},
     pipeline::sink::{Sink, Transition},
 };
 
@@ -22,13 +24,18 @@ pub struct WatchSink<W: Write> {
     /// Show what opened each socket entering CLOSE_WAIT.
     stacks: bool,
     header_done: bool,
-    /// The line being built.
+    /// The lines not written yet.
     line: Vec<u8>,
     /// The time's second as text: RFC 3339 in JSON, else local (one per sink).
     time_cache: SecondText,
 }
 
+/// Lines are handed to the output once this many bytes are pending (and
+/// after each batch of records, on `flush`).
+const BATCH_BYTES: usize = 32 * 1024;
+
 impl<W: Write> WatchSink<W> {
+    /// `out` is written in batches of whole lines: it needs no buffer of its own.
     pub fn new(out: W, json: bool, wall_clock: bool, stacks: bool) -> Self {
         Self {
             out,
@@ -36,7 +43,7 @@ impl<W: Write> WatchSink<W> {
             wall_clock,
             stacks,
             header_done: false,
-            line: Vec::with_capacity(256),
+            line: Vec::with_capacity(BATCH_BYTES + 1024),
             time_cache: SecondText::default(),
         }
     }
@@ -44,7 +51,7 @@ impl<W: Write> WatchSink<W> {
     fn header(&mut self) -> io::Result<()> {
         let time = if self.wall_clock { "TIME" } else { "TIME(s)" };
         writeln!(
-            self.out,
+            self.line,
             "{time:<15} {:<7} {:<16} {:<26} {:<26} {:<12}    {:<12} {:>10}",
             "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLDSTATE", "NEWSTATE", "MS"
         )
@@ -64,7 +71,7 @@ impl<W: Write> WatchSink<W> {
             Some(o) => {
                 push_dec(l, o.pid.into());
                 l.extend_from_slice(b",\"comm\":");
-                push_json_str(l, &o.comm.text())?;
+                push_json_comm(l, &o.comm)?;
             }
             None => l.extend_from_slice(b"null,\"comm\":null"),
         }
@@ -86,7 +93,10 @@ impl<W: Write> WatchSink<W> {
         l.extend_from_slice(ev.newstate.name().as_bytes());
         l.extend_from_slice(b"\",\"ms\":");
         // serde_json's float text (and `null` for None), exactly.
-        serde_json::to_writer(&mut *l, &t.dwell_ns.map(ms))?;
+        match t.dwell_ns {
+            Some(ns) if push_ns_as_ms_json(l, ns) => {}
+            dwell => serde_json::to_writer(&mut *l, &dwell.map(ms))?,
+        }
         if let Some(opened) = t.opened().filter(|_| self.stacks) {
             l.extend_from_slice(b",\"stack\":");
             serde_json::to_writer(&mut *l, opened)?;
@@ -99,6 +109,7 @@ impl<W: Write> WatchSink<W> {
     fn text_line(&mut self, t: &Transition<'_>, clock: &Clock) -> io::Result<()> {
         let ev = t.ev;
         let l = &mut self.line;
+        let line_start = l.len();
         if self.wall_clock {
             clock.write_local_hms(ev.ts_ns, &mut self.time_cache, l);
         } else if !clock
@@ -107,25 +118,39 @@ impl<W: Write> WatchSink<W> {
         {
             write!(l, "{:.6}", clock.since_start(ev.ts_ns))?;
         }
-        pad(l, l.len(), 15); // the first field: as long as the line
+        pad(l, l.len() - line_start, 15);
         l.push(b' ');
         let start = l.len();
         // An unknown owner is a dash: never the task that was on the CPU.
         let comm = match &t.owner {
             Some(o) => {
                 push_dec(l, o.pid.into());
-                o.comm.text()
+                Some(&o.comm)
             }
             None => {
                 l.push(b'-');
-                "-".into()
+                None
             }
         };
         pad(l, l.len() - start, 7);
         l.push(b' ');
-        l.extend_from_slice(comm.as_bytes());
-        // Width counts chars, as `{:<16}` does: comm may be multibyte.
-        pad(l, comm.chars().count(), 16);
+        match comm {
+            // Printable ASCII, the common case: one byte per char.
+            Some(c) if c.bytes().iter().all(|b| (0x20..0x7f).contains(b)) => {
+                l.extend_from_slice(c.bytes());
+                pad(l, c.bytes().len(), 16);
+            }
+            Some(c) => {
+                let text = c.text();
+                l.extend_from_slice(text.as_bytes());
+                // Width counts chars, as `{:<16}` does: comm may be multibyte.
+                pad(l, text.chars().count(), 16);
+            }
+            None => {
+                l.push(b'-');
+                pad(l, 1, 16);
+            }
+        }
         l.push(b' ');
         for (addr, port) in [(ev.laddr, ev.lport), (ev.raddr, ev.rport)] {
             let start = l.len();
@@ -157,9 +182,17 @@ impl<W: Write> WatchSink<W> {
     }
 }
 
+impl<W: Write> WatchSink<W> {
+    /// Hands the pending lines to the output.
+    fn write_out(&mut self) -> io::Result<()> {
+        let written = self.out.write_all(&self.line);
+        self.line.clear();
+        written
+    }
+}
+
 impl<W: Write> Sink for WatchSink<W> {
     fn transition(&mut self, t: &Transition<'_>, clock: &Clock) -> io::Result<()> {
-        self.line.clear();
         if self.json {
             self.json_line(t, clock)?;
         } else {
@@ -169,10 +202,14 @@ impl<W: Write> Sink for WatchSink<W> {
             }
             self.text_line(t, clock)?;
         }
-        self.out.write_all(&self.line)
+        if self.line.len() >= BATCH_BYTES {
+            self.write_out()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
         self.out.flush()
     }
 }
@@ -194,12 +231,41 @@ fn pad(l: &mut Vec<u8>, written: usize, width: usize) {
     l.resize(l.len() + width.saturating_sub(written), b' ');
 }
 
-/// `{}` of `n`. (Recursion: faster than a digit buffer copied in.)
+/// `{}` of `n`.
 fn push_dec(l: &mut Vec<u8>, n: u64) {
-    if n >= 10 {
-        push_dec(l, n / 10);
+    l.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// serde_json's text of `ns as f64 / 1e6` (milliseconds), without float
+/// formatting, where that is provably the same: from 1 µs to below 10^15
+/// ns, the quotient's shortest round-trip text is the exact decimal
+/// `ns / 10^6` without trailing zeros (two decimals of at most 15
+/// significant digits differ by more than the f64 spacing there), written
+/// as serde_json writes it: `1.5`, `0.001`, an integer as `2.0`. Appends
+/// nothing and returns false elsewhere.
+fn push_ns_as_ms_json(l: &mut Vec<u8>, ns: u64) -> bool {
+    if !(1_000..1_000_000_000_000_000).contains(&ns) {
+        return false;
     }
-    l.push(b'0' + (n % 10) as u8);
+    push_dec(l, ns / 1_000_000);
+    l.push(b'.');
+    let frac = ns % 1_000_000;
+    if frac == 0 {
+        l.push(b'0');
+        return true;
+    }
+    let mut digits = [b'0'; 6];
+    let mut f = frac;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    let mut keep = 6;
+    while digits[keep - 1] == b'0' {
+        keep -= 1;
+    }
+    l.extend_from_slice(&digits[..keep]);
+    true
 }
 
 /// `{:.D$}` of `ns as f64 / 10^(3 + D)`, that is `ns` rounded to whole µs,
@@ -229,21 +295,36 @@ fn push_ns_as_us<const D: u32>(l: &mut Vec<u8>, ns: u64) -> bool {
 
 /// `{:016x}`.
 fn push_hex16(l: &mut Vec<u8>, n: u64) {
-    for shift in (0..16).rev() {
-        l.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
+    let mut text = [0u8; 16];
+    for (i, c) in text.iter_mut().enumerate() {
+        *c = b"0123456789abcdef"[(n >> ((15 - i) * 4)) as usize & 0xf];
     }
+    l.extend_from_slice(&text);
 }
 
 /// As `IpAddr`'s Display; IPv4, the common case, without the fmt machinery.
 fn push_ip(l: &mut Vec<u8>, addr: IpAddr) -> io::Result<()> {
     match addr {
         IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    l.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                push_dec(l, octet.into());
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            l.extend_from_slice(&text[..n]);
             Ok(())
         }
         IpAddr::V6(v6) => write!(l, "{v6}"),
@@ -264,16 +345,21 @@ fn push_endpoint(l: &mut Vec<u8>, addr: IpAddr, port: u16) -> io::Result<()> {
     Ok(())
 }
 
-/// A JSON string. Comm can hold any byte: anything JSON must escape goes
-/// through serde_json, so the escaping is serde_json's.
-fn push_json_str(l: &mut Vec<u8>, s: &str) -> io::Result<()> {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+/// A process name as a JSON string. Comm can hold any byte: printable
+/// ASCII but `"` and `\\` is itself; anything else goes through
+/// serde_json (after the lossy UTF-8 the text view shows), so the escaping
+/// is serde_json's.
+fn push_json_comm(l: &mut Vec<u8>, comm: &Comm) -> io::Result<()> {
+    let b = comm.bytes();
+    if b.iter()
+        .all(|c| (0x20..0x7f).contains(c) && *c != b'"' && *c != b'\\')
+    {
         l.push(b'"');
-        l.extend_from_slice(s.as_bytes());
+        l.extend_from_slice(b);
         l.push(b'"');
         Ok(())
     } else {
-        Ok(serde_json::to_writer(l, s)?)
+        Ok(serde_json::to_writer(l, &comm.text())?)
     }
 }
 
@@ -432,6 +518,38 @@ mod tests {
     }
 
     #[test]
+    fn milliseconds_match_serde_json() {
+        let mut values: Vec<u64> = (0..20_000).collect();
+        for base in [
+            999_000,
+            1_000_000,
+            999_999_500,
+            123_456_789_000,
+            999_999_999_999_000,
+            1_000_000_000_000_000 - 3_000,
+        ] {
+            values.extend((0..3000).map(|i| base + i));
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(x >> (x % 64));
+        }
+        values.extend([1 << 53, u64::MAX]);
+        for ns in values {
+            let mut l = Vec::new();
+            let want = serde_json::to_string(&(ns as f64 / 1e6)).unwrap();
+            if push_ns_as_ms_json(&mut l, ns) {
+                assert_eq!(String::from_utf8(l).unwrap(), want, "{ns}");
+            } else {
+                assert!(l.is_empty() && !(1_000..1_000_000_000_000_000).contains(&ns));
+            }
+        }
+    }
+
+    #[test]
     fn lines_match_the_serde_and_format_reference() {
         let clock = Clock::new();
         let socket = Socket {
@@ -487,6 +605,7 @@ mod tests {
                 sink.transition(&t, &clock).unwrap();
                 want += &reference(&t, &clock, json, wall_clock);
             }
+            sink.flush().unwrap();
             let got = String::from_utf8(sink.out).unwrap();
             let got = if json {
                 got.as_str()

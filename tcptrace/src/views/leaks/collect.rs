@@ -17,8 +17,8 @@ use tcptrace_common::TcpState;
 
 use crate::{
     host::{
-        cgroup::{cgroup_path_of_pid, container_id},
-        holders::{Holder, HolderIndex, process_info},
+        cgroup::container_id,
+        holders::{Holder, HolderIndex, ProcessFacts},
         netns::{self, Namespace, Route},
         sockdiag::DiagSocket,
     },
@@ -104,12 +104,13 @@ pub struct ProcessLeaks {
 }
 
 impl ProcessLeaks {
-    /// Open fds, fd limit and container, if the process (same start time) still runs.
-    pub fn fill_process_facts(&mut self) {
-        if let Some(info) = process_info(self.pid).filter(|i| i.start_time == self.start_time) {
-            self.fds = Some(info.open_fds);
-            self.fd_limit = info.fd_limit;
-            self.container = cgroup_path_of_pid(self.pid).and_then(|p| container_id(&p));
+    /// Open fds, fd limit and container, if the process (same start time)
+    /// still runs (`facts`, from [`HolderIndex::facts`]).
+    pub fn fill_process_facts(&mut self, facts: Option<ProcessFacts>) {
+        if let Some(f) = facts {
+            self.fds = Some(f.open_fds);
+            self.fd_limit = f.fd_limit;
+            self.container = f.cgroup.as_deref().and_then(container_id);
         }
     }
 
@@ -421,8 +422,9 @@ impl Collector {
             self.selection
                 .owner_passes(r.pid, &crate::model::owner::Comm::new(r.comm.as_bytes()))
         });
-        for r in &mut rows {
-            r.fill_process_facts();
+        let who: Vec<(u32, u64)> = rows.iter().map(|r| (r.pid, r.start_time)).collect();
+        for (r, facts) in rows.iter_mut().zip(self.index.facts(&who)) {
+            r.fill_process_facts(facts);
         }
         Ok(rows)
     }
