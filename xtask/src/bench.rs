@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 mod activemq;
+mod floors;
 mod load;
 mod netns;
 mod owners;
@@ -99,6 +100,16 @@ pub struct BenchArgs {
     /// Internal: a pod of the namespace scale figure
     #[arg(long, hide = true, value_name = "NS/N")]
     hold_close_wait: Option<String>,
+    /// Internal: PROCS processes holding PER CLOSE_WAIT sockets each (the
+    /// scale figure of many small holders)
+    #[arg(long, hide = true, value_name = "PROCS/PER")]
+    hold_spread: Option<String>,
+    /// Internal: run this floor program (tcptrace-ebpf/src/floors.rs) until killed
+    #[arg(long, hide = true, value_name = "NAME", requires = "floor_object")]
+    floor: Option<String>,
+    /// Internal: the floor programs' object
+    #[arg(long, hide = true, value_name = "PATH")]
+    floor_object: Option<PathBuf>,
 }
 
 /// The figures beside the throughput rounds, as `--only` names them.
@@ -116,6 +127,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     if let Some(spec) = &args.hold_close_wait {
         return netns::hold_close_wait(spec);
+    }
+    if let Some(spec) = &args.hold_spread {
+        return scale::hold_spread(spec);
+    }
+    if let (Some(name), Some(object)) = (&args.floor, &args.floor_object) {
+        return floors::run(name, object);
     }
     let started = Instant::now();
     if !crate::setup::is_root() {
@@ -194,7 +211,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
     let tcptrace = tcptrace_binary(args)?;
     sys::catch_interrupt();
-    let tools = Tools::find(tcptrace);
+    let mut tools = Tools::find(tcptrace);
+    // The floor programs are built with the workspace (tcptrace-ebpf's
+    // `floors`), whichever tcptrace is benched.
+    if run_rounds && args.only.is_empty() {
+        tools.floors = floors::object().map_err(|e| format!("{e:#}"));
+        if let Err(e) = &tools.floors {
+            eprintln!("bench: floor programs: {e}");
+        }
+    }
     let unavailable: Vec<(Config, String)> = configs
         .iter()
         .filter_map(|&c| tools.unavailable(c).map(|why| (c, why)))
@@ -438,9 +463,13 @@ fn run_rounds_and_profiles(
     // What any program on this tracepoint costs here, piece by piece: the
     // scale the kernel figures are read against.
     let mut floors: Vec<(Config, Result<Measured, String>)> = Vec::new();
-    if tools.bpftrace.is_some() && args.only.is_empty() {
+    if args.only.is_empty() {
         for (config, _, _) in tracers::FLOOR_PROGRAMS {
             sys::bail_if_interrupted()?;
+            if let Some(why) = tools.unavailable(config) {
+                floors.push((config, Err(why)));
+                continue;
+            }
             let outcome = measure(tools, config, &mut load, poker, secs).map(|(m, _)| m);
             match &outcome {
                 Ok(m) => eprintln!("bench: floor {}: {}", config.key(), progress(m)),

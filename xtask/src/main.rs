@@ -55,7 +55,7 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Benchmark tracing overhead under a connection storm and write BENCHMARKS.md; needs root
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Set up, build, then pack target/debian/tcptrace_<version>_<arch>.deb (binary, unit, man page, completions)
     Deb {
         /// Then check it: dpkg-deb -I/-c, lintian, systemd-analyze verify, a real dpkg -i and -r here

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::load::{Load, which};
 use super::sys::Proc;
-use super::tracers::{self, Config, Poker, Tools};
+use super::tracers::{self, Config, Floor, Poker, Tools};
 
 pub struct Profile {
     pub secs: u64,
@@ -199,13 +199,10 @@ pub fn command(cmd: &mut Command, dir: &Path) -> Result<String> {
 
 /// The comm perf records for the tracer (the kernel keeps 15 characters).
 fn tracer_comm(tools: &Tools, config: Config) -> String {
-    let path = match config {
-        Config::Tcpstates => tools.tcpstates.clone(),
-        Config::Bpftrace
-        | Config::FloorEmpty
-        | Config::FloorClock
-        | Config::FloorRead
-        | Config::FloorComm => tools.bpftrace.clone(),
+    let path = match (config, config.floor()) {
+        (Config::Tcpstates, _) => tools.tcpstates.clone(),
+        (Config::Bpftrace, _) | (_, Some(Floor::Bpftrace(_))) => tools.bpftrace.clone(),
+        (_, Some(Floor::Own(_))) => Some(super::sys::own_exe()),
         _ => Some(tools.tcptrace.clone()),
     };
     path.and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

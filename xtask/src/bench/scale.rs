@@ -1,6 +1,7 @@
 //! Scale figures: tcptrace's memory with 100,000 tracked sockets, the time
-//! of `leaks --once` next to `ss` over 10,000 CLOSE_WAIT sockets, and the
-//! time from start to attached.
+//! of `leaks --once` next to `ss` over 10,000 CLOSE_WAIT sockets held by one
+//! process and by 2,000 processes of 5 each (a Kubernetes node's shape), and
+//! the time from start to attached.
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,10 +17,15 @@ use super::tracers::{self, Poker, Tools};
 /// Sockets held open while tcptrace watch tracks them (both ends of half as many connections).
 pub const TRACKED_SOCKETS: usize = 100_000;
 pub const CLOSE_WAIT_SOCKETS: usize = 10_000;
+/// The same sockets over many processes: this many, of [`SPREAD_PER`] each.
+pub const SPREAD_PROCESSES: usize = 2_000;
+pub const SPREAD_PER: usize = CLOSE_WAIT_SOCKETS / SPREAD_PROCESSES;
 
 pub struct Figures {
     pub tracked: Result<Tracked>,
     pub leaks_once: Result<LeaksOnce>,
+    /// The same over [`SPREAD_PROCESSES`] processes.
+    pub leaks_spread: Result<LeaksOnce>,
     pub attach: Result<Vec<Duration>>,
 }
 
@@ -47,6 +53,10 @@ impl Tracked {
 
 pub struct LeaksOnce {
     pub sockets: usize,
+    /// Processes holding them.
+    pub processes: usize,
+    /// Processes `leaks --once --json` named with all their sockets.
+    pub processes_found: Option<usize>,
     /// CLOSE_WAIT sockets `ss` listed (all on the machine).
     pub ss_listed: usize,
     /// CLOSE_WAIT sockets `leaks --once --json` attributed to the bench.
@@ -61,6 +71,7 @@ pub fn run(tools: &Tools, poker: &Poker, repeats: usize, dir: &Path) -> Figures 
     let mut figures = Figures {
         tracked: Err(anyhow::anyhow!("not run")),
         leaks_once: Err(anyhow::anyhow!("not run")),
+        leaks_spread: Err(anyhow::anyhow!("not run")),
         attach: Err(anyhow::anyhow!("not run")),
     };
     eprintln!("bench: scale: start to attached, {repeats} runs of `tcptrace watch`");
@@ -77,6 +88,13 @@ pub fn run(tools: &Tools, poker: &Poker, repeats: usize, dir: &Path) -> Figures 
         "bench: scale: `leaks --once` and `ss -tanp state close-wait` over {CLOSE_WAIT_SOCKETS} CLOSE_WAIT sockets, {repeats} runs each"
     );
     figures.leaks_once = leaks_once(tools, repeats.max(5), dir);
+    if sys::interrupted() {
+        return figures;
+    }
+    eprintln!(
+        "bench: scale: the same over {SPREAD_PROCESSES} processes of {SPREAD_PER}, {repeats} runs each"
+    );
+    figures.leaks_spread = leaks_spread(tools, repeats.max(5), dir);
     figures
 }
 
@@ -297,52 +315,173 @@ fn leaks_once(tools: &Tools, repeats: usize, dir: &Path) -> Result<LeaksOnce> {
     // The servers close at once; the clients receive a FIN and, never
     // closing, sit in CLOSE_WAIT.
     let held = Held::connect(CLOSE_WAIT_SOCKETS, 1, false, Duration::ZERO)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut ss_listed = 0;
-    while Instant::now() < deadline {
-        ss_listed = count_close_wait();
-        if ss_listed >= CLOSE_WAIT_SOCKETS {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    if ss_listed < CLOSE_WAIT_SOCKETS {
-        bail!("only {ss_listed} CLOSE_WAIT sockets after 10 s");
-    }
-    let leaks = || {
-        let mut c = Command::new(&tools.tcptrace);
-        c.args(["leaks", "--once"]);
-        c
-    };
-    let ss = || {
-        let mut c = Command::new("ss");
-        c.args(["-tanp", "state", "close-wait"]);
-        c
-    };
-    // Warm the caches for both, then alternate.
-    time(&mut leaks())?;
-    time(&mut ss())?;
-    let mut t_leaks = Vec::new();
-    let mut t_ss = Vec::new();
-    for _ in 0..repeats {
-        sys::bail_if_interrupted()?;
-        t_ss.push(time(&mut ss())?);
-        t_leaks.push(time(&mut leaks())?);
-    }
-    let json =
-        crate::cmd::stdout(Command::new(&tools.tcptrace).args(["leaks", "--once", "--json"]));
+    let ss_listed = wait_close_wait(CLOSE_WAIT_SOCKETS)?;
     let me = std::process::id();
-    let leaks_found = json.map(|j| close_wait_of(&j, me));
-    let profile = super::profile::command(&mut leaks(), dir).map_err(|e| format!("{e:#}"));
+    let (t_leaks, t_ss, json) = time_against_ss(tools, repeats)?;
+    let leaks_found = json.as_deref().map(|j| close_wait_of(j, me));
+    let profile =
+        super::profile::command(&mut leaks_command(tools), dir).map_err(|e| format!("{e:#}"));
     drop(held);
     Ok(LeaksOnce {
         sockets: CLOSE_WAIT_SOCKETS,
+        processes: 1,
+        processes_found: leaks_found.map(|n| usize::from(n == CLOSE_WAIT_SOCKETS as u64)),
         ss_listed,
         leaks_found,
         leaks: t_leaks,
         ss: t_ss,
         profile,
     })
+}
+
+fn leaks_command(tools: &Tools) -> Command {
+    let mut c = Command::new(&tools.tcptrace);
+    c.args(["leaks", "--once"]);
+    c
+}
+
+/// `leaks --once` and `ss -tanp state close-wait`, after one warm-up run
+/// each, alternating `repeats` times; then `leaks --once --json` once.
+fn time_against_ss(
+    tools: &Tools,
+    repeats: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>, Option<String>)> {
+    let ss = || {
+        let mut c = Command::new("ss");
+        c.args(["-tanp", "state", "close-wait"]);
+        c
+    };
+    time(&mut leaks_command(tools))?;
+    time(&mut ss())?;
+    let mut t_leaks = Vec::new();
+    let mut t_ss = Vec::new();
+    for _ in 0..repeats {
+        sys::bail_if_interrupted()?;
+        t_ss.push(time(&mut ss())?);
+        t_leaks.push(time(&mut leaks_command(tools))?);
+    }
+    let json =
+        crate::cmd::stdout(Command::new(&tools.tcptrace).args(["leaks", "--once", "--json"]));
+    Ok((t_leaks, t_ss, json))
+}
+
+/// Waits until `ss` lists at least `n` CLOSE_WAIT sockets; how many it listed.
+fn wait_close_wait(n: usize) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = count_close_wait();
+        if listed >= n {
+            return Ok(listed);
+        }
+        if Instant::now() > deadline {
+            bail!("only {listed} CLOSE_WAIT sockets after 30 s");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`CLOSE_WAIT_SOCKETS`] held [`SPREAD_PER`] each by [`SPREAD_PROCESSES`]
+/// processes (children of one helper, `bench --hold-spread`).
+fn leaks_spread(tools: &Tools, repeats: usize, dir: &Path) -> Result<LeaksOnce> {
+    let mut helper = sys::Helper::spawn(
+        "the many-holders helper",
+        Command::new(sys::own_exe()).args([
+            "bench",
+            "--hold-spread",
+            &format!("{SPREAD_PROCESSES}/{SPREAD_PER}"),
+        ]),
+    )?;
+    let pids: Vec<u32> = helper
+        .expect("held ", Duration::from_secs(600))?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if pids.len() != SPREAD_PROCESSES {
+        bail!("the helper holds sockets in {} processes", pids.len());
+    }
+    let ss_listed = wait_close_wait(CLOSE_WAIT_SOCKETS)?;
+    let (t_leaks, t_ss, json) = time_against_ss(tools, repeats)?;
+    let found: Option<Vec<u64>> = json
+        .as_deref()
+        .map(|j| pids.iter().map(|&p| close_wait_of(j, p)).collect());
+    let profile =
+        super::profile::command(&mut leaks_command(tools), dir).map_err(|e| format!("{e:#}"));
+    drop(helper);
+    Ok(LeaksOnce {
+        sockets: CLOSE_WAIT_SOCKETS,
+        processes: SPREAD_PROCESSES,
+        processes_found: found
+            .as_ref()
+            .map(|f| f.iter().filter(|&&n| n == SPREAD_PER as u64).count()),
+        ss_listed,
+        leaks_found: found.map(|f| f.iter().sum()),
+        leaks: t_leaks,
+        ss: t_ss,
+        profile,
+    })
+}
+
+/// `bench --hold-spread PROCS/PER`: forks PROCS children that each hold PER
+/// client sockets in CLOSE_WAIT (this process accepts and closes the
+/// server ends), prints `held PID...`, and waits for stdin to close, which
+/// ends the children too (they read the same stdin).
+pub fn hold_spread(spec: &str) -> Result<()> {
+    let (procs, per) = spec
+        .split_once('/')
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .with_context(|| format!("--hold-spread {spec}: PROCS/PER"))?;
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a listener")?;
+    let addr = listener.local_addr()?;
+    let mut pids = Vec::with_capacity(procs);
+    for _ in 0..procs {
+        let mut ready = [0 as libc::c_int; 2];
+        // SAFETY: a valid array of two fds.
+        if unsafe { libc::pipe(ready.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("pipe");
+        }
+        // SAFETY: this helper is single-threaded (nothing else runs here).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error()).context("fork");
+        }
+        if pid == 0 {
+            // The child: its own sockets only, then wait for stdin to close.
+            drop(listener);
+            // SAFETY: the read end is ours and unused here.
+            unsafe { libc::close(ready[0]) };
+            let held: Vec<TcpStream> = (0..per)
+                .filter_map(|_| TcpStream::connect(addr).ok())
+                .collect();
+            // SAFETY: writes one byte from a valid buffer to our pipe end.
+            unsafe {
+                libc::write(ready[1], b"x".as_ptr().cast(), 1);
+                libc::close(ready[1]);
+            }
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            drop(held);
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: the write end belongs to the child now.
+        unsafe { libc::close(ready[1]) };
+        for _ in 0..per {
+            // The server end closes at once: the child's end goes to CLOSE_WAIT.
+            drop(listener.accept().context("accept")?);
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: reads one byte into a valid buffer, then closes our end.
+        unsafe {
+            libc::read(ready[0], byte.as_mut_ptr().cast(), 1);
+            libc::close(ready[0]);
+        }
+        pids.push(pid.to_string());
+    }
+    println!("held {}", pids.join(" "));
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    Ok(())
 }
 
 fn count_close_wait() -> usize {

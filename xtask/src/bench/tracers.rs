@@ -20,30 +20,85 @@ pub const BPFTRACE_PROGRAM: &str =
     "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }";
 pub const TCPSTATES: &str = "/usr/sbin/tcpstates";
 
-/// The floor of a program on this tracepoint, piece by piece: bpftrace
-/// programs that do one thing each, whose kernel ns/event is what that
-/// thing costs on this machine (the `if` keeps bpftrace from dropping the
-/// work; its branch never runs).
-pub const FLOOR_PROGRAMS: [(Config, &str, &str); 4] = [
+/// How a floor program is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// A bpftrace program.
+    Bpftrace(&'static str),
+    /// One of tcptrace-ebpf's floor programs (src/floors.rs), by name.
+    Own(&'static str),
+}
+
+/// The floor of a program on this tracepoint, piece by piece: programs
+/// that do one thing each, whose kernel ns/event is what that thing costs
+/// on this machine. The bpftrace ones' `if` keeps bpftrace from dropping
+/// the work; its branch never runs. The own ones do what a tcptrace mode
+/// cannot avoid, the way tcptrace does it.
+pub const FLOOR_PROGRAMS: [(Config, &str, Floor); 11] = [
     (
         Config::FloorEmpty,
         "nothing (an empty program)",
-        "tracepoint:sock:inet_sock_set_state { $x = 1; }",
+        Floor::Bpftrace("tracepoint:sock:inet_sock_set_state { $x = 1; }"),
     ),
     (
         Config::FloorClock,
         "reads the clock (`bpf_ktime_get_ns`)",
-        "tracepoint:sock:inet_sock_set_state { if (nsecs == 1) { @n = count(); } }",
+        Floor::Bpftrace(
+            "tracepoint:sock:inet_sock_set_state { if (nsecs == 1) { @n = count(); } }",
+        ),
     ),
     (
         Config::FloorRead,
         "reads one kernel pointer (`bpf_probe_read_kernel`: `sk->sk_socket`)",
-        "tracepoint:sock:inet_sock_set_state { $s = (struct sock *)args->skaddr; if ($s->sk_socket == 0) { @n = count(); } }",
+        Floor::Bpftrace(
+            "tracepoint:sock:inet_sock_set_state { $s = (struct sock *)args->skaddr; if ($s->sk_socket == 0) { @n = count(); } }",
+        ),
     ),
     (
         Config::FloorComm,
         "names the task (`bpf_get_current_comm`)",
-        "tracepoint:sock:inet_sock_set_state { if (comm == \"-\") { @n = count(); } }",
+        Floor::Bpftrace(
+            "tracepoint:sock:inet_sock_set_state { if (comm == \"-\") { @n = count(); } }",
+        ),
+    ),
+    (
+        Config::FloorInodeWalk,
+        "finds the inode of a socket entering CLOSE_WAIT (`sk->sk_socket`, its inode: two probe reads)",
+        Floor::Bpftrace(
+            "tracepoint:sock:inet_sock_set_state { if (args->newstate == 8) { $s = (struct sock *)args->skaddr; if (((struct socket_alloc *)$s->sk_socket)->vfs_inode.i_ino == 0) { @n = count(); } } }",
+        ),
+    ),
+    (
+        Config::FloorAcceptWalk,
+        "an empty program, and at each `accept4()` exit the walk from the fd to its socket (`current->files->fdt->fd[fd]->private_data->sk`, its family: seven probe reads)",
+        Floor::Bpftrace(
+            "tracepoint:sock:inet_sock_set_state { $x = 1; } tracepoint:syscalls:sys_exit_accept4 { if (args->ret >= 0) { $f = *(((struct task_struct *)curtask)->files->fdt->fd + args->ret); $s = ((struct socket *)$f->private_data)->sk; if ($s->__sk_common.skc_family == 99) { @n = count(); } } }",
+        ),
+    ),
+    (
+        Config::FloorEntry,
+        "`hist`'s least: the clock, the socket's entry in tcptrace's set-associative table (its dwell read, its state written), one per-CPU counter",
+        Floor::Own("floor_entry"),
+    ),
+    (
+        Config::FloorRing,
+        "the clock and a 104-byte ring buffer record per transition, read by a user process",
+        Floor::Own("floor_ring"),
+    ),
+    (
+        Config::FloorStream,
+        "`watch`'s least in the program: the socket's entry, the task's pid and name in process context, a record per transition",
+        Floor::Own("floor_stream"),
+    ),
+    (
+        Config::FloorCloseWait,
+        "`leaks`'s least in the program: a record per transition into or out of CLOSE_WAIT",
+        Floor::Own("floor_cw"),
+    ),
+    (
+        Config::FloorServe,
+        "`serve`'s least in the program: `hist`'s least, and `leaks`'s records",
+        Floor::Own("floor_serve"),
     ),
 ];
 
@@ -55,6 +110,9 @@ pub enum Config {
     Leaks,
     Hist,
     Serve,
+    /// Leak provenance (issue 14): `leaks --stacks`, `watch --stacks`.
+    LeaksStacks,
+    WatchStacks,
     Tcpstates,
     Bpftrace,
     /// The floor programs ([`FLOOR_PROGRAMS`]): measured once each, not in the rounds.
@@ -62,16 +120,25 @@ pub enum Config {
     FloorClock,
     FloorRead,
     FloorComm,
+    FloorInodeWalk,
+    FloorAcceptWalk,
+    FloorEntry,
+    FloorRing,
+    FloorStream,
+    FloorCloseWait,
+    FloorServe,
 }
 
 impl Config {
-    pub const ALL: [Config; 8] = [
+    pub const ALL: [Config; 10] = [
         Config::Baseline,
         Config::Watch,
         Config::WatchJson,
         Config::Leaks,
         Config::Hist,
         Config::Serve,
+        Config::LeaksStacks,
+        Config::WatchStacks,
         Config::Tcpstates,
         Config::Bpftrace,
     ];
@@ -85,12 +152,21 @@ impl Config {
             Config::Leaks => "leaks",
             Config::Hist => "hist",
             Config::Serve => "serve",
+            Config::LeaksStacks => "leaks-stacks",
+            Config::WatchStacks => "watch-stacks",
             Config::Tcpstates => "tcpstates",
             Config::Bpftrace => "bpftrace",
             Config::FloorEmpty => "floor-empty",
             Config::FloorClock => "floor-clock",
             Config::FloorRead => "floor-read",
             Config::FloorComm => "floor-comm",
+            Config::FloorInodeWalk => "floor-inode-walk",
+            Config::FloorAcceptWalk => "floor-accept-walk",
+            Config::FloorEntry => "floor-entry",
+            Config::FloorRing => "floor-ring",
+            Config::FloorStream => "floor-stream",
+            Config::FloorCloseWait => "floor-close-wait",
+            Config::FloorServe => "floor-serve",
         }
     }
 
@@ -103,6 +179,8 @@ impl Config {
             Config::Leaks => "`tcptrace leaks` > /dev/null",
             Config::Hist => "`tcptrace hist` > /dev/null",
             Config::Serve => "`tcptrace serve`, scraped every 1 s",
+            Config::LeaksStacks => "`tcptrace leaks --stacks` > /dev/null",
+            Config::WatchStacks => "`tcptrace watch --stacks` > /dev/null",
             Config::Tcpstates => "libbpf-tools `tcpstates` > /dev/null",
             Config::Bpftrace => "bpftrace counting one-liner",
             _ => FLOOR_PROGRAMS
@@ -115,8 +193,19 @@ impl Config {
     pub fn is_tcptrace(self) -> bool {
         matches!(
             self,
-            Config::Watch | Config::WatchJson | Config::Leaks | Config::Hist | Config::Serve
+            Config::Watch
+                | Config::WatchJson
+                | Config::Leaks
+                | Config::Hist
+                | Config::Serve
+                | Config::LeaksStacks
+                | Config::WatchStacks
         )
+    }
+
+    /// How it runs, if it is a floor program.
+    pub fn floor(self) -> Option<Floor> {
+        FLOOR_PROGRAMS.iter().find(|f| f.0 == self).map(|f| f.2)
     }
 
     pub fn from_key(key: &str) -> Option<Config> {
@@ -131,6 +220,8 @@ pub struct Tools {
     pub bpftrace: Option<PathBuf>,
     pub hist: bool,
     pub serve: bool,
+    /// The floor programs' object, or why there is none.
+    pub floors: Result<PathBuf, String>,
 }
 
 impl Tools {
@@ -151,6 +242,7 @@ impl Tools {
                 .or_else(|| which("tcpstates")),
             bpftrace: which("bpftrace"),
             tcptrace,
+            floors: Err("not looked for".to_owned()),
         }
     }
 
@@ -166,16 +258,20 @@ impl Tools {
             Config::Tcpstates if self.tcpstates.is_none() => {
                 Some("not available: libbpf-tools' tcpstates is not installed".to_owned())
             }
-            Config::Bpftrace
-            | Config::FloorEmpty
-            | Config::FloorClock
-            | Config::FloorRead
-            | Config::FloorComm
-                if self.bpftrace.is_none() =>
-            {
+            Config::Bpftrace if self.bpftrace.is_none() => {
                 Some("not available: bpftrace is not installed".to_owned())
             }
-            _ => None,
+            _ => match config.floor() {
+                Some(Floor::Bpftrace(_)) if self.bpftrace.is_none() => {
+                    Some("not available: bpftrace is not installed".to_owned())
+                }
+                Some(Floor::Own(_)) => self
+                    .floors
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("not available: no floor programs ({e})")),
+                _ => None,
+            },
         }
     }
 
@@ -185,17 +281,22 @@ impl Tools {
         serve_addr: Option<SocketAddr>,
         stats: Option<&StatsFile>,
     ) -> Command {
-        let mut cmd = match config {
-            Config::Tcpstates => Command::new(self.tcpstates.as_ref().expect("checked")),
-            Config::Bpftrace => {
+        let mut cmd = match (config, config.floor()) {
+            (Config::Tcpstates, _) => Command::new(self.tcpstates.as_ref().expect("checked")),
+            (Config::Bpftrace, _) => {
                 let mut c = Command::new(self.bpftrace.as_ref().expect("checked"));
                 c.args(["-e", BPFTRACE_PROGRAM]);
                 c
             }
-            Config::FloorEmpty | Config::FloorClock | Config::FloorRead | Config::FloorComm => {
+            (_, Some(Floor::Bpftrace(program))) => {
                 let mut c = Command::new(self.bpftrace.as_ref().expect("checked"));
-                let program = FLOOR_PROGRAMS.iter().find(|f| f.0 == config).map(|f| f.2);
-                c.args(["-e", program.expect("every floor has a program")]);
+                c.args(["-e", program]);
+                c
+            }
+            (_, Some(Floor::Own(program))) => {
+                let mut c = Command::new(sys::own_exe());
+                c.args(["bench", "--floor", program, "--floor-object"]);
+                c.arg(self.floors.as_ref().expect("checked"));
                 c
             }
             _ => Command::new(&self.tcptrace),
@@ -212,6 +313,12 @@ impl Tools {
             }
             Config::Leaks => {
                 cmd.arg("leaks");
+            }
+            Config::LeaksStacks => {
+                cmd.args(["leaks", "--stacks"]);
+            }
+            Config::WatchStacks => {
+                cmd.args(["watch", "--stacks"]);
             }
             Config::Hist => {
                 cmd.arg("hist");
