@@ -22,6 +22,7 @@ mod profile;
 mod report;
 mod scale;
 mod soak;
+mod stacks;
 mod stats;
 mod storm;
 mod sys;
@@ -46,7 +47,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = LoadChoice::Auto)]
     load: LoadChoice,
     /// Only these configurations (watch, watch-json, leaks, hist, serve,
-    /// tcpstates, bpftrace) and figures (scale, owners, activemq, netns), a
+    /// leaks-stacks, watch-stacks, tcpstates, bpftrace) and figures (scale, owners, activemq, netns), a
     /// comma list. Without a configuration there are no throughput rounds;
     /// without a figure, the figures not skipped by a --no-* switch run
     #[arg(long, value_delimiter = ',', value_name = "LIST")]

@@ -322,9 +322,13 @@ pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
     };
     // Kernel cost: every tcptrace mode (watch, leaks and serve share one
     // program; hist aggregates in the kernel).
+    // With --stacks the syscall exits' programs add theirs: that cost is
+    // the Stacks section's, not the state change's.
     let per_mode: Vec<(Config, f64)> = summaries
         .iter()
-        .filter(|s| s.config.is_tcptrace())
+        .filter(|s| {
+            s.config.is_tcptrace() && !matches!(s.config, Config::LeaksStacks | Config::WatchStacks)
+        })
         .filter_map(|s| median(&s.kernel_ns).map(|k| (s.config, k)))
         .collect();
     let kernel_what =
@@ -764,6 +768,7 @@ pub fn render(bench: &Bench) -> String {
             thousands(floor)
         );
     }
+    super::stacks::section(&mut r, bench, &summaries);
     floor_section(&mut r, bench, &summaries);
     profiles_section(&mut r, bench, &summaries);
     if let Some(f) = &bench.scale {
