@@ -73,6 +73,9 @@ pub struct Probe {
     pub stacks: Option<StackTraceMap<MapData>>,
     /// The loaded programs' fds (owned by `_ebpf`), for their statistics.
     program_fds: Vec<RawFd>,
+    /// When the state-change program was attached: nothing is counted
+    /// before (loading and verifying can take seconds on a slow machine).
+    pub attached: std::time::Instant,
 }
 
 /// The maps userspace fills with what it found at start.
@@ -91,7 +94,8 @@ impl Probe {
         check_privileges()?;
         tracefs::ensure_mounted()?;
         tracefs::check_state_change_layout(&tracefs::format(tracefs::STATE_CHANGE)?)?;
-        if let Err(e) = sys::raise_memlock_rlimit() {
+        let memlock = sys::raise_memlock_rlimit().err();
+        if let Some(e) = &memlock {
             log::debug!("could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11");
         }
         check_kernel_features()?;
@@ -112,7 +116,7 @@ impl Probe {
                 env!("OUT_DIR"),
                 "/tcptrace"
             )))
-            .map_err(|e| explain_load_error(&e))?;
+            .map_err(|e| explain_load_error(&e, memlock.as_ref()))?;
         if log::log_enabled!(log::Level::Debug) {
             // Kernel-side diagnostics, shown under -v.
             match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -122,13 +126,14 @@ impl Probe {
         }
         let mut program_fds = Vec::new();
         if cfg.owners() || cfg.stacks() {
-            attach_accept_exits(&mut ebpf, &config.layout, &mut program_fds);
+            attach_accept_exits(&mut ebpf, &config.layout, &mut program_fds)?;
         }
         program_fds.push(attach(
             &mut ebpf,
             "inet_sock_set_state",
             tracefs::STATE_CHANGE,
         )?);
+        let attached = std::time::Instant::now();
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing from the kernel program"))
@@ -172,6 +177,7 @@ impl Probe {
             owners,
             stacks,
             program_fds,
+            attached,
         })
     }
 
@@ -249,19 +255,57 @@ fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow
         .ok_or_else(|| anyhow!("kernel program {program} missing from the object"))?
         .try_into()?;
     p.load().map_err(|e| verifier_error(program, &e))?;
-    p.attach(group, name).with_context(|| {
-        format!("attaching to tracepoint {group}:{name} (needs a kernel >= 4.16 with CONFIG_TRACEPOINTS)")
+    p.attach(group, name).map_err(|e| {
+        paranoid_refusal(&e, group, name).unwrap_or_else(|| {
+            anyhow::Error::new(e).context(format!(
+                "attaching to tracepoint {group}:{name} (needs a kernel >= 4.16 with CONFIG_TRACEPOINTS)"
+            ))
+        })
     })?;
     Ok(p.fd()?.as_fd().as_raw_fd())
 }
+
+/// perf_event_open() refused with EACCES where `kernel.perf_event_paranoid`
+/// is above 2: Debian's (and Android's) kernels then refuse it to every
+/// process without CAP_SYS_ADMIN, CAP_PERFMON notwithstanding (upstream
+/// kernels stop at 2). Said as such, with the ways out.
+fn paranoid_refusal(
+    e: &aya::programs::ProgramError,
+    group: &str,
+    name: &str,
+) -> Option<anyhow::Error> {
+    let aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) = e
+    else {
+        return None;
+    };
+    if io_error.raw_os_error() != Some(libc::EACCES) || sys::has_capability(sys::CAP_SYS_ADMIN) {
+        return None;
+    }
+    let level: i32 = std::fs::read_to_string(PERF_EVENT_PARANOID)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (level > 2).then(|| {
+        anyhow!(
+            "attaching to tracepoint {group}:{name} was refused ({io_error}): {PERF_EVENT_PARANOID} is {level}, and at 3 or more this kernel (Debian's, Android's) lets only CAP_SYS_ADMIN call perf_event_open: run as root, add CAP_SYS_ADMIN, or set `sysctl kernel.perf_event_paranoid=2`"
+        )
+    })
+}
+
+const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
 
 /// The `accept()` exits, so that accepted sockets are owned by the process
 /// that accepted them. Missing syscall tracepoints cost precision, not the
 /// trace: the owner then stays the listener's until the socket's next
 /// transition in process context, and a warning says so.
-fn attach_accept_exits(ebpf: &mut Ebpf, layout: &KernelLayout, fds: &mut Vec<RawFd>) {
+fn attach_accept_exits(
+    ebpf: &mut Ebpf,
+    layout: &KernelLayout,
+    fds: &mut Vec<RawFd>,
+) -> anyhow::Result<()> {
     if layout.socket_sk == KernelLayout::UNKNOWN {
-        return; // kernel_layout warned already.
+        return Ok(()); // kernel_layout warned already.
     }
     for (program, group, name) in ACCEPT_EXITS {
         let attached = tracefs::format((group, name))
@@ -269,11 +313,15 @@ fn attach_accept_exits(ebpf: &mut Ebpf, layout: &KernelLayout, fds: &mut Vec<Raw
             .and_then(|()| attach(ebpf, program, (group, name)));
         match attached {
             Ok(fd) => fds.push(fd),
+            // The state change's tracepoint would be refused the same way:
+            // one line, not two warnings and then that line.
+            Err(e) if format!("{e}").contains(PERF_EVENT_PARANOID) => return Err(e),
             Err(e) => eprintln!(
                 "tcptrace: warning: {group}:{name}: {e:#}; sockets accepted meanwhile are shown with their listener's owner"
             ),
         }
     }
+    Ok(())
 }
 
 /// The running kernel's layout. Without BTF (or a member), what needs it
@@ -395,9 +443,21 @@ fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
     ]
 }
 
-fn explain_load_error(e: &aya::EbpfError) -> anyhow::Error {
-    let text = format!("{e:#}");
-    if text.contains("Operation not permitted") {
+fn explain_load_error(e: &aya::EbpfError, memlock: Option<&std::io::Error>) -> anyhow::Error {
+    let mut text = format!("{e:#}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    if let Some(limit) = memlock
+        && text.contains("failed to create map")
+    {
+        // Linux < 5.11 charges maps to RLIMIT_MEMLOCK (64 KiB by default).
+        anyhow!(
+            "creating the kernel program's maps failed ({text}): Linux before 5.11 charges them to RLIMIT_MEMLOCK, which tcptrace could not raise ({limit}): raise it (`ulimit -l unlimited`, or LimitMEMLOCK=infinity in a systemd unit, as deploy/tcptrace.service has) or grant CAP_SYS_RESOURCE"
+        )
+    } else if text.contains("Operation not permitted") {
         anyhow!(
             "loading the kernel program was refused ({text}): run as root, or grant CAP_BPF and CAP_PERFMON"
         )

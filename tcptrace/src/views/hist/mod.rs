@@ -61,6 +61,8 @@ pub struct KernelSink<W: Write> {
     pub start: Instant,
     /// The first interval not yet printed.
     epoch: u32,
+    /// Whether the intervals before the attach were skipped.
+    begun: bool,
     printed: u64,
     measured: u64,
 }
@@ -80,6 +82,7 @@ impl<W: Write> KernelSink<W> {
             schedule,
             start,
             epoch: 0,
+            begun: false,
             printed: 0,
             measured: 0,
         }
@@ -130,6 +133,16 @@ impl<W: Write> Sink for KernelSink<W> {
         let Some(interval) = self.schedule.interval else {
             return Ok(ControlFlow::Continue(()));
         };
+        if !self.begun {
+            // The kernel's intervals run from `start`, taken before loading;
+            // those over before the program was attached counted nothing and
+            // are not INTERVALs of the trace (loading can take seconds).
+            self.begun = true;
+            let before =
+                Instant::from_std(ctx.probe.attached).saturating_duration_since(self.start);
+            self.epoch =
+                u32::try_from(before.as_nanos() / interval.as_nanos().max(1)).unwrap_or(u32::MAX);
+        }
         let end = self.start + interval.saturating_mul(self.epoch.saturating_add(1)) + GRACE;
         if Instant::now() >= end {
             self.print(ctx, self.epoch)?;
@@ -168,6 +181,7 @@ pub struct ExactSink<W: Write> {
     /// What the kernel's SOCKETS map holds in aggregate mode.
     sockets: HashMap<u64, SockEntry>,
     cap: usize,
+    /// When the current interval ends (from the attach, at the first tick).
     next: Option<Instant>,
     printed: u64,
     /// Owners' names, taken from the transitions.
@@ -190,7 +204,7 @@ impl<W: Write> ExactSink<W> {
             summary: Summary::default(),
             sockets: HashMap::new(),
             cap,
-            next: schedule.interval.map(|i| Instant::now() + i),
+            next: None,
             printed: 0,
             names: Names::default(),
         }
@@ -251,10 +265,14 @@ impl<W: Write> Sink for ExactSink<W> {
         Ok(())
     }
 
-    fn tick(&mut self, _ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
-        let (Some(interval), Some(next)) = (self.schedule.interval, self.next) else {
+    fn tick(&mut self, ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
+        let Some(interval) = self.schedule.interval else {
             return Ok(ControlFlow::Continue(()));
         };
+        // The first interval begins at the attach, not at the start.
+        let next = *self
+            .next
+            .get_or_insert_with(|| Instant::from_std(ctx.probe.attached) + interval);
         if Instant::now() < next {
             return Ok(ControlFlow::Continue(()));
         }
