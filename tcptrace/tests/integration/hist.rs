@@ -446,13 +446,19 @@ fn intervals_stop_after_count_and_never_count_twice() {
     retrying(|| {
         let (l, port) = listener("127.0.0.1:0");
         let p = port.to_string();
-        let t0 = Instant::now();
         // Ungrouped and grouped keep their counts differently (per-kind
         // entries reused every other interval, and keys per interval).
-        // Twelve intervals of 0.5 s: room for both tracers to attach and the
-        // three connections to end even when other tests load the machine.
-        let totals = start(&["hist", "0.5", "12", "--json", "-L", &p]);
-        let grouped = start(&["hist", "0.5", "12", "--json", "-L", &p, "--by", "lport"]);
+        // Twelve intervals of 0.5 s, counted from each tracer's attach: room
+        // for the second tracer to attach and the three connections to end
+        // even when other tests load the machine (more where attaching takes
+        // seconds, TCPTRACE_TEST_SLOWDOWN).
+        let interval = Duration::from_millis(500);
+        let intervals = 12 * slowdown();
+        let c = intervals.to_string();
+        let totals = start(&["hist", "0.5", &c, "--json", "-L", &p]);
+        let totals_attached = Instant::now();
+        let grouped = start(&["hist", "0.5", &c, "--json", "-L", &p, "--by", "lport"]);
+        let grouped_attached = Instant::now();
         // Three connections more than an interval apart: in three or more
         // intervals, so an interval's entries are reused two intervals later.
         for i in 0..3 {
@@ -461,13 +467,19 @@ fn intervals_stop_after_count_and_never_count_twice() {
             }
             close_first(&l, port, WAIT);
         }
-        for (run, group) in [(totals, Value::Null), (grouped, json!({ "lport": port }))] {
+        for (run, attached, group) in [
+            (totals, totals_attached, Value::Null),
+            (grouped, grouped_attached, json!({ "lport": port })),
+        ] {
             let fin = run.wait();
-            let elapsed = t0.elapsed();
+            let elapsed = attached.elapsed();
             note_misses(&fin);
+            // COUNT intervals from the attach (the first one partial), not
+            // from the start: the intervals before it counted nothing.
             assert!(
-                elapsed >= Duration::from_millis(6000) && elapsed < Duration::from_secs(20),
-                "{elapsed:?}"
+                elapsed >= interval * (intervals - 2)
+                    && elapsed < interval * intervals + slowed(Duration::from_secs(4)),
+                "{elapsed:?} for {intervals} intervals of {interval:?}"
             );
             let vals = fin.json();
             assert!(vals.iter().all(|v| v["group"] == group), "{vals:#?}");
@@ -485,7 +497,7 @@ fn intervals_stop_after_count_and_never_count_twice() {
             }
             let times: std::collections::BTreeSet<&str> =
                 vals.iter().map(|v| v["time"].as_str().unwrap()).collect();
-            assert!((3..=12).contains(&times.len()), "{times:?}");
+            assert!((3..=intervals as usize).contains(&times.len()), "{times:?}");
         }
 
         // Text: a time line per interval, even an empty one.

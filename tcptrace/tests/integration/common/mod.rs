@@ -20,6 +20,42 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
 /// not overflow the ring of a test that checks an exact sequence.
 pub const BIG_RING: &str = "67108864";
 
+/// How many times slower than usual this machine may run the tests:
+/// `TCPTRACE_TEST_SLOWDOWN` (the kernel matrix's guests, emulated by TCG,
+/// set it), else 1. It stretches waits and time limits, never what is
+/// asserted.
+pub fn slowdown() -> u32 {
+    std::env::var("TCPTRACE_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// `d`, stretched by [`slowdown`].
+pub fn slowed(d: Duration) -> Duration {
+    d * slowdown()
+}
+
+/// The running kernel's (major, minor) version.
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether the kernel's LISTEN -> SYN_RECV record names the peer. Before
+/// 6.12 (5.10 and 6.1 in the kernel matrix; 6.12 and later do) the kernel
+/// fires it in inet_csk_clone_lock() before it copies the peer's address
+/// and port into the new socket: the record holds the listener's
+/// unspecified address and port 0, and tcptrace shows what it holds.
+pub fn syn_recv_names_the_peer() -> bool {
+    kernel_version() >= (6, 12)
+}
+
 /// A running `tcptrace` whose stdout lines are collected in the background.
 pub struct Running {
     child: Child,
@@ -96,7 +132,7 @@ pub fn start_with(wrapper: &[&str], args: &[&str]) -> Running {
         out_thread: Some(out_thread),
         err_thread: Some(err_thread),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + slowed(Duration::from_secs(60));
     loop {
         if run.stderr.lock().unwrap().contains("tcptrace: attached") {
             return run;
@@ -111,7 +147,8 @@ pub fn start_with(wrapper: &[&str], args: &[&str]) -> Running {
         }
         assert!(
             Instant::now() < deadline,
-            "tcptrace did not attach within 60 s:\n{}",
+            "tcptrace did not attach within {:?}:\n{}",
+            slowed(Duration::from_secs(60)),
             run.stderr.lock().unwrap()
         );
         thread::sleep(Duration::from_millis(10));
@@ -583,7 +620,7 @@ impl Serve {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + slowed(Duration::from_secs(60));
         loop {
             let text = stderr.lock().unwrap().clone();
             if text.contains("tcptrace: attached") {
@@ -611,7 +648,8 @@ impl Serve {
             }
             assert!(
                 Instant::now() < deadline,
-                "tcptrace serve did not attach within 60 s:\n{text}"
+                "tcptrace serve did not attach within {:?}:\n{text}",
+                slowed(Duration::from_secs(60))
             );
             thread::sleep(Duration::from_millis(10));
         }
