@@ -46,13 +46,16 @@ pub struct Boot<'a> {
     pub nonce: &'a str,
     pub timeout: Duration,
     pub log: &'a Path,
+    /// vCPUs: one, unless told (see `GUEST_CPUS`).
+    pub cpus: u32,
 }
 
 impl Boot<'_> {
     pub fn run(&self) -> Result<Console> {
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048"])
-            .args(["-smp", "2", "-nodefaults", "-no-user-config", "-no-reboot"])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-nodefaults", "-no-user-config", "-no-reboot"])
             .args(["-display", "none", "-serial", "stdio"])
             .arg("-kernel")
             .arg(self.vmlinuz)

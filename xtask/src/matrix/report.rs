@@ -10,6 +10,8 @@ use super::select::TestBinary;
 /// One kernel's line in the summary.
 pub struct Row {
     series: String,
+    /// The Debian release whose kernel it is (`12 bookworm`).
+    pub debian: String,
     version: String,
     elapsed: Option<Duration>,
     /// Seconds from qemu's start to init (the guest's uptime then).
@@ -19,6 +21,10 @@ pub struct Row {
     /// Why the kernel failed as a whole (download, boot, timeout).
     problem: Option<String>,
     failures: BTreeMap<String, Vec<String>>,
+    /// Every selected test (`binary::module::test`) and whether it passed.
+    verdicts: BTreeMap<String, bool>,
+    /// The guest's `facts: ` lines.
+    facts: Vec<String>,
     /// The crash of a first boot that a second one did not repeat.
     pub crashed_once: Option<String>,
 }
@@ -28,6 +34,7 @@ impl Row {
         println!("[{series}] FAILED: {problem}");
         Self {
             series: series.to_owned(),
+            debian: String::new(),
             version: "-".to_owned(),
             elapsed: None,
             boot: None,
@@ -35,6 +42,8 @@ impl Row {
             failed: Vec::new(),
             problem: Some(problem),
             failures: BTreeMap::new(),
+            verdicts: BTreeMap::new(),
+            facts: Vec::new(),
             crashed_once: None,
         }
     }
@@ -49,10 +58,13 @@ impl Row {
 pub fn row(series: &str, version: String, selected: &[TestBinary], console: Console) -> Row {
     let mut passed = 0;
     let mut failed = Vec::new();
+    let mut verdicts = BTreeMap::new();
     for b in selected {
         for t in &b.tests {
             let key = format!("{}::{t}", b.name);
-            match console.results.get(&key) {
+            let verdict = console.results.get(&key).copied();
+            verdicts.insert(key.clone(), verdict == Some(true));
+            match verdict {
                 Some(true) => passed += 1,
                 Some(false) => failed.push(key),
                 None => failed.push(format!("{key} (no result)")),
@@ -90,6 +102,7 @@ pub fn row(series: &str, version: String, selected: &[TestBinary], console: Cons
         .and_then(|s| s.trim().parse().ok());
     Row {
         series: series.to_owned(),
+        debian: String::new(),
         version,
         elapsed: Some(console.elapsed),
         boot,
@@ -97,6 +110,8 @@ pub fn row(series: &str, version: String, selected: &[TestBinary], console: Cons
         failed,
         problem,
         failures: console.failures,
+        verdicts,
+        facts: console.facts,
         crashed_once: None,
     }
 }
@@ -175,4 +190,132 @@ pub fn print_summary(rows: &[Row], elapsed: Duration) -> usize {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+/// Where the README's generated support table goes.
+pub const SUPPORT_BEGIN: &str = "<!-- kernel-support:begin -->";
+pub const SUPPORT_END: &str = "<!-- kernel-support:end -->";
+
+/// The support table (Markdown) of a run: per kernel, whether the program
+/// loads, each view's tests, `--stacks`' caller, a non-root tracer with the
+/// documented capabilities, and the tests passed.
+pub fn support_table(rows: &[Row], about: &str) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{about}\n\n"));
+    out.push_str("| Debian | kernel | program loads | watch | leaks | hist | serve | `--stacks` caller of `connect()` | non-root, documented capabilities | tests passed |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for r in rows {
+        let fact = |prefix: &str| {
+            r.facts
+                .iter()
+                .find_map(|f| f.strip_prefix(prefix))
+                .map(str::trim)
+        };
+        let loads = match fact("tcptrace watch attaches: ") {
+            Some(f) if f.starts_with("yes") => {
+                let took = f
+                    .split("took ")
+                    .nth(1)
+                    .and_then(|t| t.split(' ').next())
+                    .map(|t| format!(" (attached in {t} s under TCG)"))
+                    .unwrap_or_default();
+                format!("yes{took}")
+            }
+            Some(_) => "**no** (see target/matrix/<kernel>/facts.txt)".to_owned(),
+            None => "-".to_owned(),
+        };
+        let module = |m: &str| {
+            let tests: Vec<bool> = r
+                .verdicts
+                .iter()
+                .filter(|(k, _)| k.split("::").nth(1) == Some(m))
+                .map(|(_, v)| *v)
+                .collect();
+            let ok = tests.iter().filter(|v| **v).count();
+            match tests.len() {
+                0 => "not run".to_owned(),
+                n if ok == n => format!("ok ({ok}/{n})"),
+                n => format!("**{ok}/{n}**"),
+            }
+        };
+        let stacks = match fact("stacks caller: ") {
+            Some(f) if f.starts_with("yes") => "yes".to_owned(),
+            Some(_) => "no: the caller may be missing (`bpf_task_pt_regs` needs 5.15)".to_owned(),
+            None => "-".to_owned(),
+        };
+        let caps = non_root(&r.facts);
+        let total = r.verdicts.len();
+        let passed = r.verdicts.values().filter(|v| **v).count();
+        let tests = if r.problem.is_some() && passed == 0 {
+            "**failed to run**".to_owned()
+        } else if passed == total {
+            format!("{passed}/{total}")
+        } else {
+            format!("**{passed}/{total}**")
+        };
+        let (release, _) = r.version.split_once(' ').unwrap_or((&r.version, ""));
+        let version = r.version.split_once(" (").map_or(String::new(), |(_, v)| {
+            format!(" ({}", v.replace(" from ", ", "))
+        });
+        out.push_str(&format!(
+            "| {} | {release}{version} | {loads} | {} | {} | {} | {} | {stacks} | {caps} | {tests} |\n",
+            r.debian,
+            module("watch"),
+            module("leaks"),
+            module("hist"),
+            module("serve"),
+        ));
+    }
+    out
+}
+
+/// What the guest's non-root attach facts say: works as documented, or
+/// what more it needs.
+fn non_root(facts: &[String]) -> String {
+    // `as nobody with CAPS, perf_event_paranoid N: exit S ...`
+    let tries: Vec<(bool, bool, u32)> = facts
+        .iter()
+        .filter_map(|f| f.strip_prefix("as nobody with "))
+        .filter_map(|f| {
+            let (caps, rest) = f.split_once(", perf_event_paranoid ")?;
+            let (level, rest) = rest.split_once(": exit ")?;
+            Some((
+                caps.contains("sys_admin"),
+                rest.starts_with("0 "),
+                level.trim().parse().ok()?,
+            ))
+        })
+        .collect();
+    let works = |admin: bool, pred: &dyn Fn(u32) -> bool| {
+        tries
+            .iter()
+            .find(|(a, _, l)| *a == admin && pred(*l))
+            .map(|(_, ok, _)| *ok)
+    };
+    let default = tries.first().map(|(_, _, l)| *l).unwrap_or_default();
+    match (
+        works(false, &|l| l == default),
+        works(false, &|l| l <= 2),
+        works(true, &|_| true),
+    ) {
+        (Some(true), _, _) => "yes".to_owned(),
+        (Some(false), Some(true), admin) => format!(
+            "at `perf_event_paranoid` {default} only with CAP_SYS_ADMIN{}; yes at 2",
+            if admin == Some(true) {
+                ""
+            } else {
+                " (not tried)"
+            }
+        ),
+        (Some(false), _, _) => "**no**".to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
+/// README.md with the text between the support markers replaced by `table`;
+/// None when the markers are missing.
+pub fn with_support_table(readme: &str, table: &str) -> Option<String> {
+    let begin = readme.find(SUPPORT_BEGIN)? + SUPPORT_BEGIN.len();
+    let end = begin + readme[begin..].find(SUPPORT_END)?;
+    Some(format!("{}\n{}{}", &readme[..begin], table, &readme[end..]))
 }

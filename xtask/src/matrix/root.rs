@@ -125,6 +125,11 @@ const BTF_MEMBERS: &[&str] = &[
     "fdtable.max_fds",
 ];
 
+/// How many times longer than on the host the guests' tests may wait
+/// (`TCPTRACE_TEST_SLOWDOWN`): attaching takes 4-10 s under TCG, 50 ms on
+/// the host.
+const SLOWDOWN: u32 = 5;
+
 /// The fact that tells how long the kernel took to reach init (uptime, s).
 pub const BOOTED: &str = "init started at uptime ";
 
@@ -143,7 +148,44 @@ const SYSCALL_TRACEPOINTS: &[&str] = &[
 
 /// The guest's PID 1: mounts, modules, the kernel's facts, the tests, one
 /// closing line, power off.
-pub fn init_script(tcptrace: &Path, selected: &[TestBinary], nonce: &str) -> String {
+pub fn init_script(
+    tcptrace: &Path,
+    selected: &[TestBinary],
+    without_diag: &[&str],
+    nonce: &str,
+) -> String {
+    // Tests that need the kernel without tcp_diag (ignored on the host) run
+    // first, before the modules go in; the others after.
+    let short = |t: &String| t.rsplit("::").next().unwrap_or(t).to_owned();
+    let split = |early: bool| -> Vec<(String, &Path, Vec<String>)> {
+        selected
+            .iter()
+            .map(|b| {
+                let tests = b
+                    .tests
+                    .iter()
+                    .filter(|t| without_diag.contains(&short(t).as_str()) == early)
+                    .cloned()
+                    .collect();
+                (b.name.clone(), b.exe.as_path(), tests)
+            })
+            .filter(|(_, _, tests): &(String, &Path, Vec<String>)| !tests.is_empty())
+            .collect()
+    };
+    let runs = |early: bool| -> String {
+        let mut out = String::new();
+        for (name, exe, tests) in split(early) {
+            let _ = writeln!(out, "echo '{}{name}'", guest::RUN_MARK);
+            let _ = writeln!(
+                out,
+                "{} --test-threads=1 {}--exact {} || status=1",
+                exe.display(),
+                if early { "--ignored " } else { "" },
+                tests.join(" ")
+            );
+        }
+        out
+    };
     let mut s = String::new();
     let facts = guest::FACT_MARK;
     let _ = write!(
@@ -160,6 +202,11 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
+# The tests' time limits stretch this many times (TCG is 10-100x slower).
+export TCPTRACE_TEST_SLOWDOWN={SLOWDOWN}
+status=0
+cd {cwd}
+{early}cd /
 for m in {MODULES_DIR}/*.ko; do
     insmod "$m" || echo "tcptrace-matrix: insmod $m failed"
 done
@@ -192,29 +239,49 @@ else
     tail -n {ATTACH_LOG_LINES} /tmp/tcptrace-attach.log | sed "s|^|{facts}attach: |"
 fi
 
+# Whether --stacks can name the caller of the C library's connect()
+# (bpf_task_pt_regs, 5.15): tcptrace warns when it cannot.
+{tcptrace} watch --stacks --duration 1 -L 1 > /tmp/tcptrace-stacks.log 2>&1
+if grep -q "cannot give the user stack pointer" /tmp/tcptrace-stacks.log; then
+    echo "{facts}stacks caller: no ($(grep "cannot give" /tmp/tcptrace-stacks.log))"
+elif grep -q "tcptrace: attached" /tmp/tcptrace-stacks.log; then
+    echo "{facts}stacks caller: yes"
+else
+    echo "{facts}stacks caller: unknown (watch --stacks: $(tail -n 1 /tmp/tcptrace-stacks.log))"
+fi
+# Whether a non-root tracer with the documented capabilities (and limits)
+# attaches, with
+# the kernel's perf_event_paranoid and with 2 (upstream's default), and with
+# CAP_SYS_ADMIN too: Debian's kernels restrict perf_event_open at 3.
+paranoid=$(cat /proc/sys/kernel/perf_event_paranoid)
+caps=+bpf,+perfmon,+dac_read_search,+sys_ptrace
+for try in "$paranoid $caps" "2 $caps" "$paranoid $caps,+sys_admin"; do
+    set -- $try
+    echo "$1" > /proc/sys/kernel/perf_event_paranoid
+    # As the unit's LimitMEMLOCK=infinity does (Linux < 5.11 charges maps to it).
+    (ulimit -l unlimited && {setpriv} --reuid=65534 --regid=65534 --clear-groups \
+        --inh-caps=-all,$2 --ambient-caps=$2 {tcptrace} watch --duration 1 -L 1) > /tmp/tcptrace-caps.log 2>&1
+    echo "{facts}as nobody with $2, perf_event_paranoid $1: exit $? $(grep -v '^tcptrace: [0-9]* events' /tmp/tcptrace-caps.log | tr '\n' ' ')"
+done
+echo "$paranoid" > /proc/sys/kernel/perf_event_paranoid
+
 cd {cwd}
-status=0
 "#,
         tracepoints = SYSCALL_TRACEPOINTS
             .iter()
             .map(|t| format!(" /sys/kernel/tracing/events/syscalls/{t}"))
             .collect::<String>(),
         members = BTF_MEMBERS.join(" "),
+        early = runs(true),
         scratch = scratch_mounts(),
         booted = BOOTED,
         nofile = nofile_limits(),
         tcptrace = tcptrace.display(),
+        // busybox's sh runs its own applet for a bare `setpriv`.
+        setpriv = find_program("setpriv").map_or("setpriv".into(), |p| p.display().to_string()),
         cwd = crate::workspace_root().join("tcptrace").display(),
     );
-    for b in selected {
-        let _ = writeln!(s, "echo '{}{}'", guest::RUN_MARK, b.name);
-        let _ = writeln!(
-            s,
-            "{} --test-threads=1 --exact {} || status=1",
-            b.exe.display(),
-            b.tests.join(" ")
-        );
-    }
+    s.push_str(&runs(false));
     let _ = write!(
         s,
         "echo \"{}{nonce} exit=$status\"\npoweroff -f\n",
