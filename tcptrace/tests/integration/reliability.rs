@@ -283,18 +283,7 @@ fn watch_runs_with_only_the_documented_capabilities() {
     // As nobody, with CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE only,
     // and the unit's LimitMEMLOCK=infinity (Linux < 5.11 charges maps to it;
     // without CAP_SYS_RESOURCE tcptrace cannot raise it itself).
-    if kernel_version() < (5, 11) {
-        let unlimited = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        assert_eq!(
-            // SAFETY: a valid pointer to an initialised rlimit; we are root.
-            unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) },
-            0,
-            "raising RLIMIT_MEMLOCK as the unit does"
-        );
-    }
+    raise_memlock_before_5_11();
     let caps = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
     let inh = format!("--inh-caps=-all,{caps}");
     let amb = format!("--ambient-caps={caps}");
@@ -347,35 +336,6 @@ fn watch_runs_with_only_the_documented_capabilities() {
         assert_eq!(v["pid"].as_u64().unwrap() as u32, my_pid(), "{v}");
     }
     assert!(!fin.stderr.contains("warning"), "{}", fin.stderr);
-}
-
-/// kernel.perf_event_paranoid when above 2 (Debian's kernels' default), lowered
-/// to 2 by [`Paranoid::lower`] and put back when dropped.
-struct Paranoid {
-    was: i32,
-}
-
-const PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
-
-impl Paranoid {
-    fn above_2() -> Option<Self> {
-        let was: i32 = std::fs::read_to_string(PARANOID)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        (was > 2).then_some(Self { was })
-    }
-
-    fn lower(&self) {
-        std::fs::write(PARANOID, "2").unwrap();
-    }
-}
-
-impl Drop for Paranoid {
-    fn drop(&mut self) {
-        let _ = std::fs::write(PARANOID, self.was.to_string());
-    }
 }
 
 #[test]

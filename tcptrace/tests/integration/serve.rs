@@ -18,7 +18,8 @@ use std::{
 };
 
 use crate::common::{
-    BIN, Netns, Scenario, Serve, close_all_accepted, closed_port, http, listener, run,
+    BIN, Netns, Paranoid, Scenario, Serve, close_all_accepted, closed_port, http, listener,
+    raise_memlock_before_5_11, run, slowed,
 };
 use serde_json::Value;
 
@@ -566,8 +567,9 @@ fn scrapes_are_answered_during_a_connection_storm() {
     let connections: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
     acceptor.join().unwrap();
     assert!(connections > 1000, "only {connections} connections");
+    // One vCPU shared with the storm's three threads under TCG: stretched.
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < slowed(Duration::from_secs(1)),
         "a scrape took {slowest:?} during {connections} connections"
     );
 }
@@ -729,7 +731,12 @@ fn unit_capabilities() -> String {
 
 #[test]
 fn the_units_capabilities_are_enough_without_root() {
-    // As the unit runs it: not root, only its capabilities, no new privileges.
+    // As the unit runs it: not root, only its capabilities, no new privileges,
+    // LimitMEMLOCK=infinity (which Linux < 5.11 charges maps to); where
+    // perf_event_paranoid is 3 (Debian's kernels), with it at 2 as README
+    // says (reliability's capabilities test checks the refusal at 3).
+    let _restore = Paranoid::above_2().inspect(Paranoid::lower);
+    raise_memlock_before_5_11();
     let caps = unit_capabilities();
     let plus: Vec<String> = caps.split(',').map(|c| format!("+{c}")).collect();
     let set = format!("-all,{}", plus.join(","));

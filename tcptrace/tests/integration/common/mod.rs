@@ -47,13 +47,65 @@ pub fn kernel_version() -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// Whether the kernel's LISTEN -> SYN_RECV record names the peer. Before
-/// 6.12 (5.10 and 6.1 in the kernel matrix; 6.12 and later do) the kernel
-/// fires it in inet_csk_clone_lock() before it copies the peer's address
-/// and port into the new socket: the record holds the listener's
-/// unspecified address and port 0, and tcptrace shows what it holds.
-pub fn syn_recv_names_the_peer() -> bool {
-    kernel_version() >= (6, 12)
+/// Whether `v` is a LISTEN -> SYN_RECV record without its peer: the
+/// listener's unspecified address and port 0. Kernels may fire the
+/// tracepoint in inet_csk_clone_lock() before the peer is copied into the
+/// new socket (Debian's 5.10 and 6.1 always, 6.12 in a one-vCPU guest; the
+/// host's 6.18 names it), and tcptrace shows what the record holds: that,
+/// or the peer, never another address.
+pub fn syn_recv_without_peer(v: &Value) -> bool {
+    v["oldstate"] == "LISTEN"
+        && v["newstate"] == "SYN_RECV"
+        && matches!(v["raddr"].as_str(), Some("0.0.0.0" | "::"))
+        && v["rport"] == 0
+}
+
+/// kernel.perf_event_paranoid when above 2 (Debian's kernels' default), lowered
+/// to 2 by [`Paranoid::lower`] and put back when dropped.
+pub struct Paranoid {
+    pub was: i32,
+}
+
+const PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
+impl Paranoid {
+    pub fn above_2() -> Option<Self> {
+        let was: i32 = std::fs::read_to_string(PARANOID)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        (was > 2).then_some(Self { was })
+    }
+
+    pub fn lower(&self) {
+        std::fs::write(PARANOID, "2").unwrap();
+    }
+}
+
+impl Drop for Paranoid {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PARANOID, self.was.to_string());
+    }
+}
+
+/// RLIMIT_MEMLOCK lifted for this process and its children, as the unit's
+/// LimitMEMLOCK=infinity does, where it matters: Linux < 5.11 charges BPF
+/// maps to it, and without CAP_SYS_RESOURCE tcptrace cannot lift it itself.
+pub fn raise_memlock_before_5_11() {
+    if kernel_version() >= (5, 11) {
+        return;
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    assert_eq!(
+        // SAFETY: a valid pointer to an initialised rlimit; we are root.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) },
+        0,
+        "raising RLIMIT_MEMLOCK as the unit does"
+    );
 }
 
 /// A running `tcptrace` whose stdout lines are collected in the background.
