@@ -37,14 +37,24 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
         return;
     };
-    // SAFETY: an array value; copied out at once (32 bytes).
-    let prev = (found && !starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
+    // SAFETY: an array value; copied out at once (32 bytes). A whole value
+    // on every path (FREE when there is none), not an `Option<SockEntry>`:
+    // LLVM loads an Option's payload ahead of its check, and verifiers
+    // before 6.3 (5.10's, 6.1's) refuse reading a stack slot a path left
+    // unwritten ("invalid read from stack").
+    let had = found && !starts_lifecycle(t.old, t.new);
+    let copy = if had {
+        unsafe { *entry }
+    } else {
+        SockEntry::FREE
+    };
+    let prev = had.then_some(&copy);
     let who = if owner::tracked(cfg) {
-        owner::resolve(t, cfg, &learnt, prev.as_ref(), passes)
+        owner::resolve(t, cfg, &learnt, prev, passes)
     } else {
         Owner::unknown_passing()
     };
-    let m = measure(prev.as_ref(), t.old, t.new, now);
+    let m = measure(prev, t.old, t.new, now);
     if passes && who.passes {
         // `hist` has a one-entry TRANSITIONS that no index reaches: no
         // counter line is touched (12 ns of its ~200 per event here).

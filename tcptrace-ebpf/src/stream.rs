@@ -41,10 +41,19 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
         return;
     };
-    // SAFETY: an array value; copied out at once (32 bytes).
-    let prev =
-        (found && !tcptrace_common::starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
-    let who = owner::resolve(t, cfg, &learnt, prev.as_ref(), emits);
+    // SAFETY: an array value; copied out at once (32 bytes). A whole value
+    // on every path (FREE when there is none), not an `Option<SockEntry>`:
+    // LLVM loads an Option's payload ahead of its check, and verifiers
+    // before 6.3 (5.10's, 6.1's) refuse reading a stack slot a path left
+    // unwritten ("invalid read from stack").
+    let had = found && !tcptrace_common::starts_lifecycle(t.old, t.new);
+    let copy = if had {
+        unsafe { *entry }
+    } else {
+        SockEntry::FREE
+    };
+    let prev = had.then_some(&copy);
+    let who = owner::resolve(t, cfg, &learnt, prev, emits);
     // One clock read for the entry and the record: a second one cost 30 ns.
     // SAFETY: takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
