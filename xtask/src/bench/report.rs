@@ -17,6 +17,12 @@ pub const TARGET_LOSS_WATCH_JSON: f64 = 0.10;
 pub const TARGET_RSS_BASE_MIB: f64 = 64.0;
 pub const TARGET_RSS_PER_SOCKET: f64 = 200.0;
 pub const TARGET_ATTACH: Duration = Duration::from_millis(300);
+/// Issue 17: kernel ns/event over the bpftrace counter's in the same run,
+/// for hist, serve and leaks; for watch and watch --json.
+pub const TARGET_KERNEL_VS_COUNTER: f64 = 1.0;
+pub const TARGET_KERNEL_VS_COUNTER_WATCH: f64 = 1.5;
+/// Issue 17: `watch --json`'s tracer CPU per event.
+pub const TARGET_WATCH_JSON_USER_US: f64 = 0.3;
 /// `leaks --once`'s wall time over `ss -tanp state close-wait`'s, for every shape (issue 17).
 pub const TARGET_LEAKS_ONCE_VS_SS: f64 = 0.8;
 
@@ -537,7 +543,121 @@ pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
         });
     }
     figure_targets(bench, &mut out);
+    counter_targets(bench, summaries, &mut out);
     out
+}
+
+/// Issue 17's targets: each mode as a ratio to the bpftrace counter in the
+/// same run (absolute nanoseconds differ between hosts; ratios do). Where
+/// a mode misses, the gap names its floor program's ratio: what the mode
+/// cannot avoid, measured in the same run.
+fn counter_targets(bench: &Bench, summaries: &[Summary], out: &mut Vec<Target>) {
+    let ran = |c: Config| {
+        summaries
+            .iter()
+            .find(|s| s.config == c && !s.conns.is_empty())
+    };
+    let Some(counter) = ran(Config::Bpftrace) else {
+        return;
+    };
+    let floor = |c: Config| {
+        bench
+            .floors
+            .iter()
+            .find(|(f, _)| *f == c)
+            .and_then(|(_, o)| kernel_ns(o))
+    };
+    let (Some(counter_ns), Some(counter_ratio)) = (median(&counter.kernel_ns), counter.ratio())
+    else {
+        return;
+    };
+    for (config, limit, floor_config) in [
+        (Config::Hist, TARGET_KERNEL_VS_COUNTER, Config::FloorEntry),
+        (Config::Serve, TARGET_KERNEL_VS_COUNTER, Config::FloorServe),
+        (
+            Config::Leaks,
+            TARGET_KERNEL_VS_COUNTER,
+            Config::FloorCloseWait,
+        ),
+        (
+            Config::Watch,
+            TARGET_KERNEL_VS_COUNTER_WATCH,
+            Config::FloorStream,
+        ),
+        (
+            Config::WatchJson,
+            TARGET_KERNEL_VS_COUNTER_WATCH,
+            Config::FloorStream,
+        ),
+    ] {
+        let Some(ns) = ran(config).and_then(|s| median(&s.kernel_ns)) else {
+            continue;
+        };
+        let x = ns / counter_ns;
+        out.push(Target {
+            what: format!(
+                "`{}` kernel ns/event ≤ {limit:.1}× the bpftrace counter's",
+                config.key().replace('-', " --")
+            ),
+            measured: format!(
+                "{} ns vs {} ns: {x:.2}×",
+                thousands(ns),
+                thousands(counter_ns)
+            ),
+            met: Some(x <= limit),
+            gap: if x <= limit {
+                format!("{:.2}× to spare", limit - x)
+            } else {
+                let mut gap = format!("+{:.2}×", x - limit);
+                if let Some(f) = floor(floor_config) {
+                    let _ = write!(
+                        gap,
+                        "; its floor program (`{}`) costs {} ns here, {:.2}× the counter",
+                        floor_config.key(),
+                        thousands(f),
+                        f / counter_ns
+                    );
+                }
+                gap
+            },
+        });
+    }
+    if let Some(us) = ran(Config::WatchJson).and_then(|s| median(&s.cpu_us)) {
+        out.push(Target {
+            what: format!("`watch --json` ≤ {TARGET_WATCH_JSON_USER_US} µs/event of tracer CPU"),
+            measured: format!("{us:.2} µs/event"),
+            met: Some(us <= TARGET_WATCH_JSON_USER_US),
+            gap: if us <= TARGET_WATCH_JSON_USER_US {
+                format!("{:.2} µs to spare", TARGET_WATCH_JSON_USER_US - us)
+            } else {
+                format!("+{:.2} µs", us - TARGET_WATCH_JSON_USER_US)
+            },
+        });
+    }
+    for (config, points) in [
+        (Config::Hist, 3.0),
+        (Config::Serve, 3.0),
+        (Config::Leaks, 3.0),
+        (Config::WatchJson, 6.0),
+    ] {
+        let Some(r) = ran(config).and_then(Summary::ratio) else {
+            continue;
+        };
+        let behind = (counter_ratio - r) * 100.0;
+        out.push(Target {
+            what: format!(
+                "`{}` throughput within {points:.0} points of the counter's",
+                config.key().replace('-', " --")
+            ),
+            measured: format!("{r:.3} vs {counter_ratio:.3} of untraced"),
+            met: Some(behind <= points),
+            gap: if behind <= points {
+                format!("{:.1} points to spare", points - behind)
+            } else {
+                format!("{:.1} points over", behind - points)
+            },
+        });
+    }
 }
 
 /// Modes with (lost, events): met when every mode reports 0 lost.
@@ -1074,7 +1194,7 @@ fn floor_section(r: &mut String, bench: &Bench, summaries: &[Summary]) {
         .find(|(c, _)| *c == Config::FloorEmpty)
         .and_then(|(_, o)| kernel_ns(o));
     r.push_str("\n## Floor: what a program on this tracepoint costs here\n\n");
-    r.push_str("bpftrace programs that each do one thing, run once each under the same load with the same kernel statistics. `bpftool prog profile` (hardware counters per program) needs fentry/fexit programs, which this kernel refuses, so the profiles below use perf's call chains instead.\n\n");
+    r.push_str("Programs that each do one thing, run once each under the same load with the same kernel statistics: bpftrace one-liners, and tcptrace-ebpf's floor programs (`src/floors.rs`), which do only what a mode cannot avoid, the way tcptrace does it. `bpftool prog profile` (hardware counters per program) needs fentry/fexit programs, which this kernel refuses, so the profiles below use perf's call chains instead.\n\n");
     r.push_str("| The program | kernel ns/event | over the empty program |\n|---|---:|---:|\n");
     let mut row = |label: &str, ns: Option<f64>, is_empty: bool| {
         let over = match (ns, empty) {
