@@ -487,10 +487,19 @@ fn map_entries(pid: u32, name: &str) -> (u64, usize) {
         let map = bpftool(&["map", "show", "id", &id, "-j"]);
         if map["name"] == name {
             let dump = bpftool(&["map", "dump", "id", &id, "-j"]);
-            return (
-                map["max_entries"].as_u64().unwrap(),
-                dump.as_array().map_or(0, Vec::len),
-            );
+            // Distinct keys: a dump of a hash map that changes under it
+            // starts over when its cursor's key is deleted, and repeats
+            // keys (353 rows of a 256-entry map were seen).
+            let keys: std::collections::HashSet<String> = dump
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    assert!(!e["key"].is_null(), "a dump row without a key: {e}");
+                    e["key"].to_string()
+                })
+                .collect();
+            return (map["max_entries"].as_u64().unwrap(), keys.len());
         }
     }
     panic!("no map {name} of {pid}")
