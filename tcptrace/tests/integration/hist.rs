@@ -52,11 +52,7 @@ fn note_misses(fin: &Finished) {
         "{}",
         fin.stderr
     );
-    let missed: u64 = summary
-        .strip_suffix(" missed")
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no missed count in {summary:?}"));
+    let missed = fin.missed();
     MISSED.with(|m| m.set(m.get() + missed));
 }
 

@@ -176,10 +176,13 @@ fn check_watch(fin: Finished, port: u16, server: u32, clients: &HashMap<u16, u32
     }
     // Per connection: the older ones from ESTABLISHED on (7 client-side and
     // 8 server-side transitions over the three modes), the younger ones
-    // with their handshakes too (6 more on each side): 42 N at least.
+    // with their handshakes too (6 more on each side): 42 N at least, but
+    // for runs the kernel skipped and said so (another tracer's program
+    // was running on that CPU), and never fewer than half.
+    let missed = fin.missed() as usize;
     assert!(
-        checked >= 42 * N,
-        "{checked} transitions checked:\n{}",
+        checked + missed >= 42 * N && checked >= 21 * N,
+        "{checked} transitions checked, {missed} missed:\n{}",
         fin.stderr
     );
     assert!(fin.stderr.contains(" 0 lost"), "{}", fin.stderr);

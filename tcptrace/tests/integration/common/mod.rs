@@ -130,6 +130,18 @@ impl Finished {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect()
     }
+
+    /// The summary line's "N missed": tracepoint runs the kernel skipped
+    /// because a BPF program (any tracer's: the tests run in parallel) was
+    /// already running on that CPU.
+    pub fn missed(&self) -> u64 {
+        let summary = self.stderr.lines().last().unwrap_or_default();
+        summary
+            .strip_suffix(" missed")
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no missed count in {summary:?}"))
+    }
 }
 
 /// Starts `tcptrace ARGS` and waits for its `tcptrace: attached` line.
