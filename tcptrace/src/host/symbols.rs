@@ -2,7 +2,11 @@
 //! ELF symbols, DWARF (function, file, line, inlined calls), demangling
 //! (C++, Rust), and perf maps (`/tmp/perf-PID.map`) for JIT runtimes. A
 //! process's stack is named once, while it runs, and kept: its sockets stay
-//! named after it exits. blazesym caches what it parses per file.
+//! named after it exits. blazesym caches what it parses per binary, keyed
+//! by the file's device, inode, size and modification time (so the
+//! processes of one binary share it through their `/proc/PID/map_files`
+//! paths, and a binary rebuilt in place is parsed anew; it does not read
+//! build ids for this); above it, each process's named stacks are kept.
 
 use std::{collections::HashMap, sync::Arc};
 
