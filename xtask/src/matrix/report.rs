@@ -202,7 +202,7 @@ pub const SUPPORT_END: &str = "<!-- kernel-support:end -->";
 pub fn support_table(rows: &[Row], about: &str) -> String {
     let mut out = String::new();
     out.push_str(&format!("{about}\n\n"));
-    out.push_str("| Debian | kernel | program loads | watch | leaks | hist | serve | `--stacks` caller of `connect()` | non-root, documented capabilities | tests passed |\n");
+    out.push_str("| Debian | kernel | `watch` attaches | watch | leaks | hist | serve | `--stacks` caller of `connect()` | non-root, documented capabilities | tests passed |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for r in rows {
         let fact = |prefix: &str| {
