@@ -66,7 +66,19 @@ fn tcptrace_close_wait(rows: &[Value], inode: u64) -> BTreeSet<Leak> {
 /// closes what it accepted, and a client whose server closed.
 struct Pod {
     ns: Netns,
-    _leaks: Vec<Scenario>,
+    leaks: Vec<Scenario>,
+}
+
+impl Pod {
+    /// Its processes: a namespace's inode is reused as soon as it is freed
+    /// (often by another test's), so the pod is known by them, not by it.
+    fn pids(&self) -> BTreeSet<u64> {
+        self.leaks
+            .iter()
+            .flat_map(|s| std::iter::once(s.holder).chain(s.others.iter().copied()))
+            .map(u64::from)
+            .collect()
+    }
 }
 
 impl Pod {
@@ -80,7 +92,7 @@ impl Pod {
             leaks.push(server);
             leaks.push(Scenario::start_in(Some(&ns.name), "client", 3, port, host));
         }
-        Self { ns, _leaks: leaks }
+        Self { ns, leaks }
     }
 }
 
@@ -161,7 +173,19 @@ fn namespaces_come_and_go_while_tracing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Gone: its processes killed, the namespace deleted.
+    let going_pids = going.pids();
     drop(going);
+    let of_going = |r: &Value| {
+        r["netns"] == going_inode && r["pid"].as_u64().is_some_and(|p| going_pids.contains(&p))
+    };
+    let going_series = |body: &str| {
+        body.lines().any(|l| {
+            l.contains(&series(going_inode))
+                && going_pids
+                    .iter()
+                    .any(|p| l.contains(&format!("pid=\"{p}\"")))
+        })
+    };
     let seen = live.lines.lock().unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -171,8 +195,8 @@ fn namespaces_come_and_go_while_tracing() {
             .collect();
         // A refresh after the deletion that lists the coming pod but not the gone one.
         if rows.iter().any(|r| r["netns"] == coming_inode)
-            && !rows.iter().any(|r| r["netns"] == going_inode)
-            && !serve.get("/metrics").body.contains(&series(going_inode))
+            && !rows.iter().any(of_going)
+            && !going_series(&serve.get("/metrics").body)
         {
             break;
         }
