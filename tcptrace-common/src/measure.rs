@@ -46,39 +46,35 @@ pub const fn log2_bucket(v: u64) -> u8 {
 /// What one transition measured: the time spent in the old state and any
 /// handshake it completes (up to three values), and the handshake in
 /// progress afterwards with when it began.
-///
-/// Scalars, not arrays: the kernel reads the fields directly, so LLVM keeps
-/// them in registers. An array indexed by a count lived on the BPF stack and
-/// was zeroed by two calls to a byte-loop `memset` per event (35 stores), a
-/// quarter of `hist`'s instructions before this change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Measured {
-    /// The old state, whose dwell time [`Measured::dwell_ns`] is.
-    pub old: u8,
-    /// Whether the old state's beginning was seen (else no dwell time).
-    pub dwelt: bool,
-    pub dwell_ns: u64,
-    /// The `HS_*` handshake this transition completes, or [`HS_NONE`].
-    pub completed: u8,
-    pub completed_ns: u64,
-    /// [`HS_PASSIVE_APP`] or [`HS_PASSIVE_LAST_ACK`] when this transition
-    /// ends that part of a passive close (it lasted `dwell_ns`), else [`HS_NONE`].
-    pub part: u8,
+    kinds: [u8; 3],
+    ns: [u64; 3],
+    len: usize,
     pub handshake: u8,
     pub handshake_ns: u64,
 }
 
 impl Measured {
-    /// `(kind, ns)`: the state's dwell time, then the handshake completed,
-    /// then the part of a passive close ended.
+    /// `(kind, ns)`: a state's dwell time or a handshake's duration. A
+    /// constant-bound walk, which the BPF verifier follows (a slice's
+    /// end-pointer loop it does not).
     pub fn values(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
-        [
-            self.dwelt.then_some((self.old, self.dwell_ns)),
-            (self.completed != HS_NONE).then_some((self.completed, self.completed_ns)),
-            (self.part != HS_NONE).then_some((self.part, self.dwell_ns)),
-        ]
-        .into_iter()
-        .flatten()
+        (0..3)
+            .filter(|i| *i < self.len)
+            .map(|i| (self.kinds[i], self.ns[i]))
+    }
+
+    /// Constant indices: with a variable one, LLVM may turn the stack
+    /// address arithmetic into an `or`, which the verifier refuses on a pointer.
+    fn push(&mut self, kind: u8, ns: u64) {
+        match self.len {
+            0 => (self.kinds[0], self.ns[0]) = (kind, ns),
+            1 => (self.kinds[1], self.ns[1]) = (kind, ns),
+            2 => (self.kinds[2], self.ns[2]) = (kind, ns),
+            _ => return,
+        }
+        self.len += 1;
     }
 }
 
@@ -107,12 +103,9 @@ pub const fn starts_lifecycle(old: u8, new: u8) -> bool {
 #[inline(always)]
 pub fn measure(prev: Option<&SockEntry>, old: u8, new: u8, now: u64) -> Measured {
     let mut m = Measured {
-        old,
-        dwelt: false,
-        dwell_ns: 0,
-        completed: HS_NONE,
-        completed_ns: 0,
-        part: HS_NONE,
+        kinds: [0; 3],
+        ns: [0; 3],
+        len: 0,
         handshake: HS_NONE,
         handshake_ns: 0,
     };
@@ -122,21 +115,20 @@ pub fn measure(prev: Option<&SockEntry>, old: u8, new: u8, now: u64) -> Measured
         _ => None,
     };
     if let Some(p) = prev {
-        m.dwelt = true;
-        m.dwell_ns = now.saturating_sub(p.entered_ns);
+        let dwell = now.saturating_sub(p.entered_ns);
+        m.push(old, dwell);
         let completes = matches!(
             (p.handshake, new),
             (HS_CONNECT | HS_ACCEPT, ESTABLISHED) | (HS_ACTIVE_CLOSE | HS_PASSIVE_CLOSE, CLOSE)
         );
         if completes {
-            m.completed = p.handshake;
-            m.completed_ns = now.saturating_sub(p.handshake_ns);
+            m.push(p.handshake, now.saturating_sub(p.handshake_ns));
         }
         if p.handshake == HS_PASSIVE_CLOSE {
             if old == CLOSE_WAIT {
-                m.part = HS_PASSIVE_APP;
+                m.push(HS_PASSIVE_APP, dwell);
             } else if old == LAST_ACK {
-                m.part = HS_PASSIVE_LAST_ACK;
+                m.push(HS_PASSIVE_LAST_ACK, dwell);
             }
         }
     }

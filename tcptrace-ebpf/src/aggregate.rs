@@ -5,9 +5,9 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use tcptrace_common::{
-    AF_INET, AggregateConfig, Config, GROUP_LPORT, GROUP_NONE, GROUP_PROCESS, GROUP_RADDR,
-    GROUP_RPORT, HIST_FULL_SLOT, HS_NONE, HistKey, LOG2_BUCKETS, SLOT_MAX, SockEntry, TcpState,
-    TotalHist, log2_bucket, measure, starts_lifecycle, total_index, transition_index,
+    AF_INET, Config, GROUP_LPORT, GROUP_NONE, GROUP_PROCESS, GROUP_RADDR, GROUP_RPORT,
+    HIST_FULL_SLOT, HistKey, LOG2_BUCKETS, SLOT_MAX, SockEntry, TcpState, TotalHist, log2_bucket,
+    measure, starts_lifecycle, total_index, transition_index,
 };
 
 use crate::{
@@ -37,58 +37,27 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
         return;
     };
-    // SAFETY: an array value; copied out at once (32 bytes). A whole value
-    // on every path (FREE when there is none), not an `Option<SockEntry>`:
-    // LLVM loads an Option's payload ahead of its check, and verifiers
-    // before 6.3 (5.10's, 6.1's) refuse reading a stack slot a path left
-    // unwritten ("invalid read from stack").
-    let had = found && !starts_lifecycle(t.old, t.new);
-    let copy = if had {
-        unsafe { *entry }
-    } else {
-        SockEntry::FREE
-    };
-    let prev = had.then_some(&copy);
+    // SAFETY: an array value; copied out at once (32 bytes).
+    let prev = (found && !starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
     let who = if owner::tracked(cfg) {
-        owner::resolve(t, cfg, &learnt, prev, passes)
+        owner::resolve(t, cfg, &learnt, prev.as_ref(), passes)
     } else {
         Owner::unknown_passing()
     };
-    let m = measure(prev, t.old, t.new, now);
+    let measured = measure(prev.as_ref(), t.old, t.new, now);
     if passes && who.passes {
-        // `hist` has a one-entry TRANSITIONS that no index reaches: no
-        // counter line is touched (12 ns of its ~200 per event here).
         if let Some(n) = TRANSITIONS.get_ptr_mut(transition_index(t.old, t.new)) {
             // SAFETY: this CPU's slot; the kernel never nests runs on one CPU.
             unsafe { *n += 1 };
         }
-        let epoch = epoch(now, agg);
-        // The grouping is a read-only constant: the verifier keeps one arm.
-        if load(&agg.group_by) == GROUP_NONE {
-            if m.dwelt {
-                count_total(m.old, epoch, m.dwell_ns);
-            }
-            if m.completed != HS_NONE {
-                count_total(m.completed, epoch, m.completed_ns);
-            }
-            if m.part != HS_NONE {
-                count_total(m.part, epoch, m.dwell_ns);
-            }
-        } else {
-            let mut key = group_key(t, who.tgid, cfg, epoch);
-            if m.dwelt {
-                count(&mut key, m.old, m.dwell_ns);
-            }
-            if m.completed != HS_NONE {
-                count(&mut key, m.completed, m.completed_ns);
-            }
-            if m.part != HS_NONE {
-                count(&mut key, m.part, m.dwell_ns);
-            }
+        let mut key = group_key(t, who.tgid, cfg, now);
+        let grouped = load(&agg.group_by) != GROUP_NONE;
+        for (kind, ns) in measured.values() {
+            count(&mut key, kind, ns, grouped);
         }
     }
     if streams {
-        stream::emit(t, cfg, &who, &learnt, now);
+        stream::emit(t, cfg, &who, &learnt);
     }
     // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
     // socket's transitions, and another socket taking the entry meanwhile
@@ -106,41 +75,33 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
         *entry = SockEntry {
             skaddr: t.skaddr,
             entered_ns: now,
-            handshake_ns: m.handshake_ns,
+            handshake_ns: measured.handshake_ns,
             owner: who.tgid,
             state: t.new,
-            handshake: m.handshake,
+            handshake: measured.handshake,
             owner_source: who.source,
             owner_passes: u8::from(who.passes),
         };
     }
 }
 
-/// The interval `now` falls in. Without intervals (`hist` alone, `serve`)
-/// the read-only `interval_ns` is `u64::MAX` and the verifier drops the
-/// 64-bit division.
-#[inline(always)]
-fn epoch(now: u64, agg: &AggregateConfig) -> u32 {
-    let interval = load(&agg.interval_ns);
-    if interval == u64::MAX {
-        return 0;
-    }
-    now.saturating_sub(load(&agg.start_ns))
-        .checked_div(interval)
-        .map_or(0, |e| e as u32)
-}
-
 /// The histogram key of this transition's group and interval.
 #[inline(always)]
-fn group_key(t: &Transition, owner: u32, cfg: &Config, epoch: u32) -> HistKey {
+fn group_key(t: &Transition, owner: u32, cfg: &Config, now: u64) -> HistKey {
     let agg = &cfg.aggregate;
     let mut key = HistKey {
         group: [0; 16],
-        epoch,
+        epoch: 0,
         family: 0,
         kind: 0,
         slot: 0,
     };
+    if let Some(epoch) = now
+        .saturating_sub(load(&agg.start_ns))
+        .checked_div(load(&agg.interval_ns))
+    {
+        key.epoch = epoch as u32;
+    }
     let words = |w: [u32; 4]| {
         // SAFETY: same size, any bit pattern is valid.
         unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
@@ -162,10 +123,13 @@ fn group_key(t: &Transition, owner: u32, cfg: &Config, epoch: u32) -> HistKey {
     key
 }
 
-/// One value into a group's histogram: its log2 bucket of microseconds,
-/// and the maximum.
+/// One value into a histogram: its log2 bucket of microseconds, and the maximum.
 #[inline(always)]
-fn count(key: &mut HistKey, kind: u8, ns: u64) {
+fn count(key: &mut HistKey, kind: u8, ns: u64, grouped: bool) {
+    if !grouped {
+        count_total(kind, key.epoch, ns);
+        return;
+    }
     key.kind = kind;
     key.slot = log2_bucket(ns / 1000);
     add(key, 1, |slot, n| *slot += n);

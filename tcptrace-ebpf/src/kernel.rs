@@ -4,7 +4,7 @@
 //! so callers use them only where the answer is needed; a fault or an
 //! unknown offset yields 0, never a guess.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated};
 use tcptrace_common::{KernelLayout, TASK_COMM_LEN};
 
 use crate::load;
@@ -41,47 +41,26 @@ pub fn socket_netns(sk: u64, l: &KernelLayout) -> u32 {
 
 /// The current process's name: its thread-group leader's `comm` (a thread's
 /// own is its thread name, e.g. "ActiveMQ Task-1" in a JVM), written into
-/// `out`. `pid_tgid`: `bpf_get_current_pid_tgid()`'s. In the leader itself
-/// its own `comm` is the process's: one `bpf_get_current_comm` (27 ns here,
-/// the floor table's) instead of finding the leader and copying its name
-/// (two probe reads and a helper, ~65 ns). Falls back to the thread's name
-/// when the layout is unknown.
+/// `out`. Falls back to the thread's name when the layout is unknown.
 #[inline(always)]
-pub fn process_comm(l: &KernelLayout, pid_tgid: u64, out: &mut [u64; 2]) {
-    let buf = out.as_mut_ptr().cast::<u8>();
+pub fn process_comm(l: &KernelLayout, out: &mut [u8; TASK_COMM_LEN]) {
+    // SAFETY: takes no arguments.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let leader = read(task, load(&l.task_group_leader));
     let comm_at = load(&l.task_comm);
-    if pid_tgid >> 32 != pid_tgid & 0xffff_ffff && comm_at != KernelLayout::UNKNOWN {
-        // SAFETY: takes no arguments.
-        let task = unsafe { generated::bpf_get_current_task() };
-        let leader = read(task, load(&l.task_group_leader));
-        // SAFETY: a checked read into a buffer of TASK_COMM_LEN bytes.
-        if leader != 0
-            && unsafe {
-                generated::bpf_probe_read_kernel(
-                    buf.cast(),
-                    TASK_COMM_LEN as u32,
-                    (leader + u64::from(comm_at)) as *const core::ffi::c_void,
-                )
-            } == 0
-        {
+    if leader != 0 && comm_at != KernelLayout::UNKNOWN {
+        // SAFETY: a checked read into a buffer of the right size.
+        let read =
+            unsafe { bpf_probe_read_kernel_buf((leader + u64::from(comm_at)) as *const u8, out) };
+        if read.is_ok() {
             return;
         }
     }
     // SAFETY: a writable buffer of TASK_COMM_LEN bytes.
-    if unsafe { generated::bpf_get_current_comm(buf.cast(), TASK_COMM_LEN as u32) } != 0 {
-        zero_words(out);
-    }
-}
-
-/// Zeroes two words with two stores: `[0u64; 2]` compiles to a call to a
-/// byte-loop `memset` (16 iterations and a BPF-to-BPF call).
-#[inline(always)]
-pub fn zero_words(out: &mut [u64; 2]) {
-    let p = out.as_mut_ptr();
-    // SAFETY: both words are within `out`.
-    unsafe {
-        core::ptr::write_volatile(p, 0);
-        core::ptr::write_volatile(p.add(1), 0);
+    if unsafe { generated::bpf_get_current_comm(out.as_mut_ptr().cast(), TASK_COMM_LEN as u32) }
+        != 0
+    {
+        *out = [0; TASK_COMM_LEN];
     }
 }
 
@@ -92,8 +71,10 @@ pub fn fd_sock(fd: u64, l: &KernelLayout) -> Option<u64> {
     // SAFETY: takes no arguments.
     let task = unsafe { generated::bpf_get_current_task() };
     let fdt = read(read(task, load(&l.task_files)), load(&l.files_fdt));
-    // No bounds check against `fdt->max_fds`: accept() has just installed
-    // `fd` in this table, and tables only grow. One probe read (~30 ns) less.
+    let max_fds = read(fdt, load(&l.fdtable_max_fds)) as u32;
+    if fd >= u64::from(max_fds) {
+        return None;
+    }
     let file = read(read(fdt, load(&l.fdtable_fd)), (fd * 8) as u32);
     let sk = read(read(file, load(&l.file_private_data)), load(&l.socket_sk));
     let family = read(sk, load(&l.sock_family)) as u16;

@@ -71,9 +71,7 @@ pub struct Learnt {
     pub passes: bool,
     /// Whether `comm` holds its process name (asked for).
     pub named: bool,
-    /// The name, NUL padded, as two words: a `[u8; 16]` is zeroed by a call
-    /// to a byte-loop `memset`, two words by two stores.
-    pub comm: [u64; 2],
+    pub comm: [u8; TASK_COMM_LEN],
 }
 
 impl Learnt {
@@ -82,15 +80,8 @@ impl Learnt {
         tgid: 0,
         passes: false,
         named: false,
-        comm: [0; 2],
+        comm: [0; TASK_COMM_LEN],
     };
-}
-
-/// `comm` as the kernel's bytes.
-#[inline(always)]
-pub fn comm_bytes(comm: &[u64; 2]) -> &[u8; TASK_COMM_LEN] {
-    // SAFETY: same size, alignment 8 >= 1, any bit pattern is valid.
-    unsafe { &*comm.as_ptr().cast::<[u8; TASK_COMM_LEN]>() }
 }
 
 /// Whether owners are kept per socket (`SOCKETS` entries then hold them).
@@ -115,8 +106,7 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
     if !state.entered_in_process_context() && !closes_listener {
         return Learnt::NONE;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == 0 {
         return Learnt::NONE;
     }
@@ -125,14 +115,11 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
     let group_by_process =
         load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS;
     let named = comm || by_comm || group_by_process;
-    // Written in full below; a zero fill here would be a `memset` call.
-    let mut name = [1u64; 2];
+    let mut name = [0u8; TASK_COMM_LEN];
     if named {
-        kernel::process_comm(&cfg.layout, pid_tgid, &mut name);
-    } else {
-        kernel::zero_words(&mut name);
+        kernel::process_comm(&cfg.layout, &mut name);
     }
-    let passes = pid_passes(tgid, f) && (!by_comm || comm_matches(comm_bytes(&name), f));
+    let passes = pid_passes(tgid, f) && (!by_comm || comm_matches(&name, f));
     if t.new == LISTEN || closes_listener {
         let key = ListenKey::new(kernel::socket_netns(t.skaddr, &cfg.layout), t.sport);
         if closes_listener {
@@ -150,7 +137,7 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
         let _ = LISTEN_OWNERS.insert(key, owner, 0);
     }
     if group_by_process {
-        remember_comm(tgid, comm_bytes(&name));
+        remember_comm(tgid, &name);
     }
     Learnt {
         seen: true,
@@ -243,19 +230,17 @@ pub fn resolve(
 /// `accept()` returned `sk`: it is held by the calling process.
 #[inline(always)]
 pub fn accepted(sk: u64, cfg: &Config) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let f = &cfg.filter;
     let by_comm = load(&f.has_comm) != 0;
-    // Read only once written in full; a zero fill here would be a `memset` call.
-    let mut comm = [1u64; 2];
+    let mut comm = [0u8; TASK_COMM_LEN];
     if by_comm
         || (load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS)
     {
-        kernel::process_comm(&cfg.layout, pid_tgid, &mut comm);
-        remember_comm(tgid, comm_bytes(&comm));
+        kernel::process_comm(&cfg.layout, &mut comm);
+        remember_comm(tgid, &comm);
     }
-    let passes = pid_passes(tgid, f) && (!by_comm || comm_matches(comm_bytes(&comm), f));
+    let passes = pid_passes(tgid, f) && (!by_comm || comm_matches(&comm, f));
     let Some((entry, found)) = entry(sk, load(&cfg.socket_sets)) else {
         return;
     };
@@ -279,11 +264,7 @@ pub fn accepted(sk: u64, cfg: &Config) {
 
 /// The socket's entry in `SOCKETS` and whether it is its own: else the way
 /// of its set to use for it, a free one (they have the oldest time, 0) or
-/// the one written longest ago. One lookup per way, each a pointer at the
-/// start of its value: the verifier then sees the four candidates as one
-/// state. A whole set per value (one lookup, the way's offset into it)
-/// made it follow every later branch once per way, up to 825,000
-/// instructions for `serve` (the limit is 1,000,000).
+/// the one written longest ago.
 #[inline(always)]
 pub fn entry(skaddr: u64, sets: u32) -> Option<(*mut SockEntry, bool)> {
     let first = socket_set(skaddr, sets) * SOCKET_WAYS;

@@ -27,9 +27,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let learnt = owner::learn(t, cfg, emits);
     if !owner::tracked(cfg) {
         if emits {
-            // SAFETY: takes no arguments.
-            let now = unsafe { bpf_ktime_get_ns() };
-            emit(t, cfg, &Owner::unknown_passing(), &learnt, now);
+            emit(t, cfg, &Owner::unknown_passing(), &learnt);
         }
         return;
     }
@@ -41,22 +39,10 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
         return;
     };
-    // SAFETY: an array value; copied out at once (32 bytes). A whole value
-    // on every path (FREE when there is none), not an `Option<SockEntry>`:
-    // LLVM loads an Option's payload ahead of its check, and verifiers
-    // before 6.3 (5.10's, 6.1's) refuse reading a stack slot a path left
-    // unwritten ("invalid read from stack").
-    let had = found && !tcptrace_common::starts_lifecycle(t.old, t.new);
-    let copy = if had {
-        unsafe { *entry }
-    } else {
-        SockEntry::FREE
-    };
-    let prev = had.then_some(&copy);
-    let who = owner::resolve(t, cfg, &learnt, prev, emits);
-    // One clock read for the entry and the record: a second one cost 30 ns.
-    // SAFETY: takes no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: an array value; copied out at once (32 bytes).
+    let prev =
+        (found && !tcptrace_common::starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
+    let who = owner::resolve(t, cfg, &learnt, prev.as_ref(), emits);
     // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
     // socket's transitions, and another socket taking the entry meanwhile
     // (a full set, on another CPU) costs one owner, no more.
@@ -73,7 +59,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
             }
             *entry = SockEntry {
                 skaddr: t.skaddr,
-                entered_ns: now,
+                entered_ns: bpf_ktime_get_ns(),
                 owner: who.tgid,
                 owner_source: who.source,
                 owner_passes: u8::from(who.passes),
@@ -82,15 +68,14 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
         }
     }
     if emits && who.passes {
-        emit(t, cfg, &who, &learnt, now);
+        emit(t, cfg, &who, &learnt);
     }
 }
 
 /// Writes the event straight into the ring buffer: no stack copy. Inlined
-/// in both callers: a BPF-to-BPF call costs a return thunk here. `now`:
-/// the transition's time.
+/// in both callers: a BPF-to-BPF call costs a return thunk here.
 #[inline(always)]
-pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64) {
+pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt) {
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
         bump(DROPS_SLOT);
         return;
@@ -99,7 +84,7 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64
     // SAFETY: `e` points at a reserved, writable StateEvent; every field is
     // written below, with plain stores (a zeroing loop would be a BPF call).
     unsafe {
-        (*e).ts_ns = now;
+        (*e).ts_ns = bpf_ktime_get_ns();
         (*e).skaddr = t.skaddr;
         // A socket not accepted yet has no file (and SYN_RECV is all it does
         // before accept), so no walk for it; nor where the view does not want it.
@@ -113,11 +98,8 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64
         write_words(core::ptr::addr_of_mut!((*e).daddr), t.daddr);
         let known = who.source() != OwnerSource::Unknown;
         (*e).owner = if known { who.tgid } else { 0 };
-        // The owner source and the three padding bytes, in one store.
-        core::ptr::write_volatile(
-            core::ptr::addr_of_mut!((*e).owner_source).cast::<u32>(),
-            u32::from(who.source() as u8),
-        );
+        (*e).owner_source = who.source() as u8;
+        (*e)._pad = [0; 3];
         // Where a leak starts: the stack that opened the socket.
         let stack = if t.new == CLOSE_WAIT && crate::stacks::on(cfg) {
             crate::stacks::of(t.skaddr)
@@ -132,14 +114,12 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64
         (*e).family = t.family;
         (*e).oldstate = t.old;
         (*e).newstate = t.new;
-        let comm = core::ptr::addr_of_mut!((*e).comm).cast::<u64>();
-        let words = if learnt.seen && learnt.named {
-            learnt.comm
+        let comm = core::ptr::addr_of_mut!((*e).comm);
+        if learnt.seen && learnt.named {
+            write_words(comm, bytes_to_words(&learnt.comm));
         } else {
-            [0; 2]
-        };
-        core::ptr::write_volatile(comm, words[0]);
-        core::ptr::write_volatile(comm.add(1), words[1]);
+            write_words(comm, [0; 4]);
+        }
     }
     // Wake the reader once, with the record that takes the backlog over the
     // threshold. Waking on every record past it (a reader falling behind)
@@ -152,6 +132,11 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags.into());
+}
+
+fn bytes_to_words(b: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: same size, any bit pattern is valid.
+    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*b) }
 }
 
 /// Four word stores: LLVM turns a 16-byte copy or fill into a call to a
