@@ -7,4 +7,5 @@ pub mod decode;
 pub mod layout;
 pub mod loader;
 pub mod maps;
+mod refusals;
 pub mod tracefs;
