@@ -319,13 +319,25 @@ pub struct Target {
     pub gap: String,
 }
 
+/// The summary of `config` if it ran at least once.
+pub fn ran(summaries: &[Summary], config: Config) -> Option<&Summary> {
+    summaries
+        .iter()
+        .find(|s| s.config == config && !s.conns.is_empty())
+}
+
+/// Kernel ns/event of the floor program `config`, if it was measured.
+fn floor_ns(bench: &Bench, config: Config) -> Option<f64> {
+    bench
+        .floors
+        .iter()
+        .find(|(f, _)| *f == config)
+        .and_then(|(_, o)| kernel_ns(o))
+}
+
 pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
     let mut out = Vec::new();
-    let ran = |c: Config| {
-        summaries
-            .iter()
-            .find(|s| s.config == c && !s.conns.is_empty())
-    };
+    let ran = |c: Config| ran(summaries, c);
     // Kernel cost: every tcptrace mode (watch, leaks and serve share one
     // program; hist aggregates in the kernel).
     // With --stacks the syscall exits' programs add theirs: that cost is
@@ -351,13 +363,7 @@ pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
             gap: if worst <= TARGET_KERNEL_NS {
                 format!("{} ns to spare", thousands(TARGET_KERNEL_NS - worst))
             } else {
-                let floor = |c: Config| {
-                    bench
-                        .floors
-                        .iter()
-                        .find(|(f, _)| *f == c)
-                        .and_then(|(_, o)| kernel_ns(o))
-                };
+                let floor = |c: Config| floor_ns(bench, c);
                 let mut gap = format!(
                     "worst {:.1}× the target (+{} ns)",
                     worst / TARGET_KERNEL_NS,
@@ -552,21 +558,11 @@ pub fn targets(bench: &Bench, summaries: &[Summary]) -> Vec<Target> {
 /// a mode misses, the gap names its floor program's ratio: what the mode
 /// cannot avoid, measured in the same run.
 fn counter_targets(bench: &Bench, summaries: &[Summary], out: &mut Vec<Target>) {
-    let ran = |c: Config| {
-        summaries
-            .iter()
-            .find(|s| s.config == c && !s.conns.is_empty())
-    };
+    let ran = |c: Config| ran(summaries, c);
     let Some(counter) = ran(Config::Bpftrace) else {
         return;
     };
-    let floor = |c: Config| {
-        bench
-            .floors
-            .iter()
-            .find(|(f, _)| *f == c)
-            .and_then(|(_, o)| kernel_ns(o))
-    };
+    let floor = |c: Config| floor_ns(bench, c);
     let (Some(counter_ns), Some(counter_ratio)) = (median(&counter.kernel_ns), counter.ratio())
     else {
         return;

@@ -8,7 +8,7 @@
 //! and syscall exits) over the connections the load made.
 use std::fmt::Write as _;
 
-use super::report::{Bench, Summary, median, thousands};
+use super::report::{Bench, Summary, median, ran, thousands};
 use super::tracers::Config;
 
 /// Kernel ns per connection of each run of `config`.
@@ -28,11 +28,7 @@ fn ns_per_connection(bench: &Bench, config: Config) -> Vec<f64> {
 
 /// `## Stacks`, when both `leaks` and `leaks --stacks` ran.
 pub fn section(r: &mut String, bench: &Bench, summaries: &[Summary]) {
-    let ran = |c: Config| {
-        summaries
-            .iter()
-            .find(|s| s.config == c && !s.conns.is_empty())
-    };
+    let ran = |c: Config| ran(summaries, c);
     let (Some(plain), Some(stacks)) = (ran(Config::Leaks), ran(Config::LeaksStacks)) else {
         return;
     };
