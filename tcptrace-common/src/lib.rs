@@ -320,6 +320,60 @@ pub const INET_SOCK_SET_STATE_FIELDS: [(&str, usize, usize); 11] = [
 /// Offset of `ret` (a `long`) in the records of `syscalls:sys_exit_*`.
 pub const SYS_EXIT_RET_OFFSET: usize = 16;
 
+/// Where the running kernel's tracepoint records hold what the program reads
+/// ([`Config::record`]). The program reads the compiled offsets
+/// ([`InetSockSetStateArgs`], [`SYS_EXIT_RET_OFFSET`]) with plain context
+/// loads, the only form the verifier takes; when the kernel's `format` files
+/// put a field elsewhere (with its size), the loader sets `moved` and the
+/// offsets found there, and the program copies the first
+/// [`RecordLayout::COPIED`] bytes of each record to read them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordLayout {
+    /// 0: every field is at its compiled offset.
+    pub moved: u32,
+    /// The offset of each of [`INET_SOCK_SET_STATE_FIELDS`], in its order
+    /// (indexed by the `RecordLayout::` field constants).
+    pub state_change: [u16; 11],
+    /// The offset of `ret` in `syscalls:sys_exit_accept{,4}`.
+    pub sys_exit_ret: u16,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<RecordLayout>() == 32);
+
+impl RecordLayout {
+    /// Bytes of a record the moved path copies: every field must end within.
+    pub const COPIED: usize = 128;
+    pub const SKADDR: usize = 0;
+    pub const OLDSTATE: usize = 1;
+    pub const NEWSTATE: usize = 2;
+    pub const SPORT: usize = 3;
+    pub const DPORT: usize = 4;
+    pub const FAMILY: usize = 5;
+    pub const PROTOCOL: usize = 6;
+    pub const SADDR: usize = 7;
+    pub const DADDR: usize = 8;
+    pub const SADDR_V6: usize = 9;
+    pub const DADDR_V6: usize = 10;
+
+    /// The compiled layout.
+    pub const COMPILED: Self = {
+        let mut state_change = [0; 11];
+        let mut i = 0;
+        while i < INET_SOCK_SET_STATE_FIELDS.len() {
+            state_change[i] = INET_SOCK_SET_STATE_FIELDS[i].1 as u16;
+            i += 1;
+        }
+        Self {
+            moved: 0,
+            state_change,
+            sys_exit_ret: SYS_EXIT_RET_OFFSET as u16,
+            _pad: 0,
+        }
+    };
+}
+
 /// Index of the per-CPU `DROPS` slot counting records the ring buffer had no room for.
 pub const DROPS_SLOT: u32 = 0;
 /// Index of the per-CPU `DROPS` slot counting histogram updates `HIST` had no room for.
@@ -425,6 +479,7 @@ pub struct Config {
     pub filter: Filter,
     pub aggregate: AggregateConfig,
     pub layout: KernelLayout,
+    pub record: RecordLayout,
     /// Wake the reader only once this many bytes are pending (0: every record).
     pub wakeup_bytes: u64,
     /// [`MODE_STREAM`] or [`MODE_AGGREGATE`].
@@ -437,13 +492,14 @@ pub struct Config {
     pub stacks: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 240);
+const _: () = assert!(size_of::<Config>() == 272);
 
 impl Config {
     pub const NONE: Self = Self {
         filter: Filter::NONE,
         aggregate: AggregateConfig::NONE,
         layout: KernelLayout::NONE,
+        record: RecordLayout::COMPILED,
         wakeup_bytes: 0,
         mode: MODE_STREAM,
         owners: 0,
@@ -640,4 +696,32 @@ mod pod {
     pod!(
         StateEvent, Config, HistKey, TotalHist, SockEntry, KnownOwner, ListenKey, SockStack
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_layout_indices_name_their_fields() {
+        let named = [
+            (RecordLayout::SKADDR, "skaddr"),
+            (RecordLayout::OLDSTATE, "oldstate"),
+            (RecordLayout::NEWSTATE, "newstate"),
+            (RecordLayout::SPORT, "sport"),
+            (RecordLayout::DPORT, "dport"),
+            (RecordLayout::FAMILY, "family"),
+            (RecordLayout::PROTOCOL, "protocol"),
+            (RecordLayout::SADDR, "saddr"),
+            (RecordLayout::DADDR, "daddr"),
+            (RecordLayout::SADDR_V6, "saddr_v6"),
+            (RecordLayout::DADDR_V6, "daddr_v6"),
+        ];
+        assert_eq!(named.len(), INET_SOCK_SET_STATE_FIELDS.len());
+        for (i, name) in named {
+            let (field, offset, _) = INET_SOCK_SET_STATE_FIELDS[i];
+            assert_eq!(field, name);
+            assert_eq!(usize::from(RecordLayout::COMPILED.state_change[i]), offset);
+        }
+    }
 }

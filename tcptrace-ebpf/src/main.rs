@@ -87,10 +87,10 @@ static SOCKET_STACKS: LruHashMap<u64, SockStack> = LruHashMap::with_max_entries(
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let Some(t) = record::transition(&ctx) else {
+    let cfg = config();
+    let Some(t) = record::transition(&ctx, &cfg.record) else {
         return 0;
     };
-    let cfg = config();
     if stacks::on(cfg) {
         // connect() enters SYN_SENT, in the connecting thread.
         if t.old == TcpState::Close as u8 && t.new == TcpState::SynSent as u8 {
@@ -129,7 +129,7 @@ fn accepted(ctx: &TracePointContext, cfg: &Config) {
     if !owners && !stacks {
         return;
     }
-    let fd = record::syscall_ret(ctx);
+    let fd = record::syscall_ret(ctx, &cfg.record);
     if fd < 0 {
         return;
     }

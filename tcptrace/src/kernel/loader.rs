@@ -12,8 +12,9 @@ use aya::{
 };
 use tcptrace_common::{
     Config, DROPS_SLOT, EVICTED_SLOT, GROUP_NONE, GROUP_PROCESS, HIST_FULL_SLOT, HIST_MAX_KEYS,
-    KernelLayout, KnownOwner, ListenKey, MODE_AGGREGATE, OWNERS_BY_INODE, OWNERS_TRACK,
-    SOCKET_WAYS, STACKS_CALLER, STACKS_LOST_SLOT, STACKS_ON, TOTAL_KINDS, TRANSITION_SLOTS,
+    INET_SOCK_SET_STATE_FIELDS, KernelLayout, KnownOwner, ListenKey, MODE_AGGREGATE,
+    OWNERS_BY_INODE, OWNERS_TRACK, RecordLayout, SOCKET_WAYS, STACKS_CALLER, STACKS_LOST_SLOT,
+    STACKS_ON, TOTAL_KINDS, TRANSITION_SLOTS,
 };
 
 use crate::{
@@ -101,13 +102,14 @@ impl Probe {
     pub fn load(cfg: &ProbeConfig) -> anyhow::Result<Self> {
         check_privileges()?;
         tracefs::ensure_mounted()?;
-        tracefs::check_state_change_layout(&tracefs::format(tracefs::STATE_CHANGE)?)?;
+        let record = record_layout(cfg.owners() || cfg.stacks())?;
         let memlock = sys::raise_memlock_rlimit().err();
         if let Some(e) = &memlock {
             log::debug!("could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11");
         }
         check_kernel_features()?;
         let mut config = cfg.config;
+        config.record = record;
         config.layout =
             kernel_layout(cfg.owners() || cfg.stacks() || config.filter.inode_states != 0);
         config.socket_sets = socket_entries(cfg.max_sockets) / SOCKET_WAYS;
@@ -134,7 +136,7 @@ impl Probe {
         }
         let mut program_fds = Vec::new();
         if cfg.owners() || cfg.stacks() {
-            attach_accept_exits(&mut ebpf, &config.layout, &mut program_fds)?;
+            attach_accept_exits(&mut ebpf, &config, &mut program_fds)?;
         }
         program_fds.push(attach(
             &mut ebpf,
@@ -279,15 +281,21 @@ fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow
 /// transition in process context, and a warning says so.
 fn attach_accept_exits(
     ebpf: &mut Ebpf,
-    layout: &KernelLayout,
+    config: &Config,
     fds: &mut Vec<RawFd>,
 ) -> anyhow::Result<()> {
-    if layout.socket_sk == KernelLayout::UNKNOWN {
+    if config.layout.socket_sk == KernelLayout::UNKNOWN {
         return Ok(()); // kernel_layout warned already.
     }
+    let ret_at = config.record.sys_exit_ret;
     for (program, group, name) in ACCEPT_EXITS {
         let attached = tracefs::format((group, name))
-            .and_then(|f| tracefs::check_sys_exit_layout(&f))
+            .and_then(|f| match tracefs::sys_exit_ret_offset(&f)? {
+                at if at == ret_at => Ok(()),
+                at => {
+                    anyhow::bail!("ret is at offset {at}, not at {ret_at} as in sys_exit_accept4")
+                }
+            })
             .and_then(|()| attach(ebpf, program, (group, name)));
         match attached {
             Ok(fd) => fds.push(fd),
@@ -300,6 +308,57 @@ fn attach_accept_exits(
         }
     }
     Ok(())
+}
+
+/// Set to read every tracepoint record through a copy at the offsets of the
+/// running kernel's `format` files, as on a kernel that moved a field: how
+/// the tests run that path on kernels that moved none.
+pub const COPY_RECORDS_ENV: &str = "TCPTRACE_COPY_RECORDS";
+
+/// Where the running kernel's tracepoint records hold what the program
+/// reads: the compiled offsets where they hold (plain context loads), else
+/// a copy of each record read at the offsets found, which costs a helper
+/// call per event and says so.
+fn record_layout(accept_exits: bool) -> anyhow::Result<RecordLayout> {
+    let mut record = RecordLayout::COMPILED;
+    record.state_change = tracefs::state_change_offsets(&tracefs::format(tracefs::STATE_CHANGE)?)?;
+    if accept_exits {
+        // An unreadable or odd format is refused, with its warning, at attach.
+        let (_, group, name) = ACCEPT_EXITS[0];
+        if let Ok(at) =
+            tracefs::format((group, name)).and_then(|f| tracefs::sys_exit_ret_offset(&f))
+        {
+            record.sys_exit_ret = at;
+        }
+    }
+    let moved: Vec<String> = INET_SOCK_SET_STATE_FIELDS
+        .iter()
+        .zip(record.state_change)
+        .filter(|((_, compiled, _), at)| usize::from(*at) != *compiled)
+        .map(|((name, compiled, _), at)| format!("{name} at {at} (built for {compiled})"))
+        .chain(
+            (record.sys_exit_ret != RecordLayout::COMPILED.sys_exit_ret).then(|| {
+                format!(
+                    "the accept exits' ret at {} (built for {})",
+                    record.sys_exit_ret,
+                    RecordLayout::COMPILED.sys_exit_ret
+                )
+            }),
+        )
+        .collect();
+    let forced = std::env::var_os(COPY_RECORDS_ENV).is_some_and(|v| v == "1");
+    if !moved.is_empty() || forced {
+        record.moved = 1;
+        let why = if moved.is_empty() {
+            format!("{COPY_RECORDS_ENV}=1")
+        } else {
+            format!("this kernel's records put {}", moved.join(", "))
+        };
+        eprintln!(
+            "tcptrace: note: {why}: each record is copied to be read (one bpf_probe_read_kernel per event, 100-150 ns more)"
+        );
+    }
+    Ok(record)
 }
 
 /// The running kernel's layout. Without BTF (or a member), what needs it

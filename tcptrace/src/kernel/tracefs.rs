@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use tcptrace_common::{INET_SOCK_SET_STATE_FIELDS, SYS_EXIT_RET_OFFSET};
+use tcptrace_common::{INET_SOCK_SET_STATE_FIELDS, RecordLayout};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -79,33 +79,33 @@ pub fn field(format: &str, name: &str) -> Option<(usize, usize)> {
     Some((num("offset:")?, num("size:")?))
 }
 
-/// Checks the state-change record against the layout the kernel program
-/// reads, field by field: a kernel that moved a field is refused with its
-/// name, never read wrongly.
-pub fn check_state_change_layout(format: &str) -> Result<()> {
-    for (name, offset, size) in INET_SOCK_SET_STATE_FIELDS {
+/// Where the running kernel's state-change record has each field the program
+/// reads, in [`INET_SOCK_SET_STATE_FIELDS`]' order. A field that moved with
+/// its size is read where it is now; one that is missing, changed size or
+/// ends past what the program copies is refused by name, never read wrongly.
+pub fn state_change_offsets(format: &str) -> Result<[u16; INET_SOCK_SET_STATE_FIELDS.len()]> {
+    let mut offsets = [0; INET_SOCK_SET_STATE_FIELDS.len()];
+    for ((name, offset, size), at) in INET_SOCK_SET_STATE_FIELDS.into_iter().zip(&mut offsets) {
+        let (group, event) = STATE_CHANGE;
         match field(format, name) {
-            Some(found) if found == (offset, size) => {}
+            Some((o, s)) if s == size && o + s <= RecordLayout::COPIED => *at = o as u16,
             Some((o, s)) => bail!(
-                "this kernel's {}:{} record has {name} at offset {o} (size {s}); tcptrace reads it at {offset} (size {size}): unsupported kernel (Linux >= 5.8 is needed)",
-                STATE_CHANGE.0,
-                STATE_CHANGE.1
+                "this kernel's {group}:{event} record has {name} at offset {o} (size {s}); tcptrace reads it at {offset} (size {size}) or wherever it moved with its size within the first {} bytes: unsupported kernel (Linux >= 5.8 is needed)",
+                RecordLayout::COPIED
             ),
             None => bail!(
-                "this kernel's {}:{} record has no field {name}: unsupported kernel",
-                STATE_CHANGE.0,
-                STATE_CHANGE.1
+                "this kernel's {group}:{event} record has no field {name}: unsupported kernel"
             ),
         }
     }
-    Ok(())
+    Ok(offsets)
 }
 
-/// Checks a `syscalls:sys_exit_*` record has its `ret` where the program reads it.
-pub fn check_sys_exit_layout(format: &str) -> Result<()> {
+/// Where a `syscalls:sys_exit_*` record has its `ret` (a `long`).
+pub fn sys_exit_ret_offset(format: &str) -> Result<u16> {
     match field(format, "ret") {
-        Some((SYS_EXIT_RET_OFFSET, 8)) => Ok(()),
-        other => bail!("ret is at {other:?}, not at offset {SYS_EXIT_RET_OFFSET} with size 8"),
+        Some((o, 8)) if o + 8 <= RecordLayout::COPIED => Ok(o as u16),
+        other => bail!("ret is at {other:?}, not at an offset with size 8"),
     }
 }
 
@@ -141,11 +141,38 @@ format:
         assert_eq!(field(V6_1, "saddr_v6"), Some((40, 16)));
         assert_eq!(field(V6_1, "common_pid"), Some((4, 4)));
         assert_eq!(field(V6_1, "nope"), None);
-        check_state_change_layout(V6_1).unwrap();
+        assert_eq!(
+            state_change_offsets(V6_1).unwrap(),
+            RecordLayout::COMPILED.state_change
+        );
     }
 
     #[test]
-    fn a_moved_field_is_refused_by_name() {
+    fn a_field_that_moved_with_its_size_is_read_where_it_is() {
+        // As if a kernel swapped family and protocol and inserted 8 bytes
+        // before the addresses.
+        let moved = V6_1
+            .replace("family;\toffset:28", "family;\toffset:30")
+            .replace("protocol;\toffset:30", "protocol;\toffset:28")
+            .replace("saddr[4];\toffset:32", "saddr[4];\toffset:40")
+            .replace("daddr[4];\toffset:36", "daddr[4];\toffset:44")
+            .replace("saddr_v6[16];\toffset:40", "saddr_v6[16];\toffset:48")
+            .replace("daddr_v6[16];\toffset:56", "daddr_v6[16];\toffset:64");
+        let offsets = state_change_offsets(&moved).unwrap();
+        let at = |i: usize| offsets[i];
+        assert_eq!(at(RecordLayout::SKADDR), 8);
+        assert_eq!(at(RecordLayout::FAMILY), 30);
+        assert_eq!(at(RecordLayout::PROTOCOL), 28);
+        assert_eq!(at(RecordLayout::SADDR), 40);
+        assert_eq!(at(RecordLayout::DADDR_V6), 64);
+        // Past what the program copies: refused, not read short.
+        let far = V6_1.replace("daddr_v6[16];\toffset:56", "daddr_v6[16];\toffset:120");
+        let e = state_change_offsets(&far).unwrap_err().to_string();
+        assert!(e.contains("daddr_v6 at offset 120 (size 16)"), "{e}");
+    }
+
+    #[test]
+    fn a_field_that_changed_size_is_refused_by_name() {
         // Before Linux 5.6 the protocol was a __u8 and the addresses followed it.
         let old = V6_1
             .replace(
@@ -153,9 +180,9 @@ format:
                 "__u8 protocol;\toffset:30;\tsize:1",
             )
             .replace("saddr[4];\toffset:32", "saddr[4];\toffset:31");
-        let e = check_state_change_layout(&old).unwrap_err().to_string();
+        let e = state_change_offsets(&old).unwrap_err().to_string();
         assert!(e.contains("protocol at offset 30 (size 1)"), "{e}");
-        let e = check_state_change_layout(&V6_1.replace("daddr_v6", "x"))
+        let e = state_change_offsets(&V6_1.replace("daddr_v6", "x"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("no field daddr_v6"), "{e}");
@@ -164,8 +191,12 @@ format:
     #[test]
     fn sys_exit_ret() {
         let f = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
-        check_sys_exit_layout(f).unwrap();
-        assert!(check_sys_exit_layout(&f.replace("offset:16", "offset:24")).is_err());
+        assert_eq!(sys_exit_ret_offset(f).unwrap(), 16);
+        assert_eq!(
+            sys_exit_ret_offset(&f.replace("offset:16", "offset:24")).unwrap(),
+            24
+        );
+        assert!(sys_exit_ret_offset(&f.replace("size:8", "size:4")).is_err());
     }
 
     // The same checks on the running kernel: what the loader relies on.
@@ -182,7 +213,10 @@ format:
 
     #[test]
     fn tracepoint_record_layout_matches_the_shared_struct() {
-        check_state_change_layout(&state_change_format()).unwrap();
+        assert_eq!(
+            state_change_offsets(&state_change_format()).unwrap(),
+            RecordLayout::COMPILED.state_change
+        );
     }
 
     #[test]
@@ -190,7 +224,8 @@ format:
         ensure_mounted().expect("tracefs");
         for name in ["sys_exit_accept4", "sys_exit_accept"] {
             let f = format(("syscalls", name)).unwrap_or_else(|e| panic!("{e:#}"));
-            check_sys_exit_layout(&f).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let ret = sys_exit_ret_offset(&f).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(ret, RecordLayout::COMPILED.sys_exit_ret, "{name}");
         }
     }
 

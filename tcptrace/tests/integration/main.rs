@@ -13,6 +13,7 @@ mod hist;
 mod leaks;
 mod netns;
 mod owners;
+mod records;
 mod reliability;
 mod serve;
 mod serve_web;
