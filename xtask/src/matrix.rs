@@ -54,6 +54,8 @@ pub const GUEST_TESTS: &[&str] = &[
     "state_numbers_and_names_match_the_kernel",
     "accept_exit_records_have_ret_where_the_program_reads_it",
     "every_member_the_program_follows_is_in_this_kernels_btf",
+    // The path of a kernel that moved a record field, through each verifier.
+    "a_copied_record_reads_what_the_context_loads_read",
     // cli
     "bad_flags_and_values_are_one_line_and_exit_2",
     "help_lists_examples_and_exit_codes",
