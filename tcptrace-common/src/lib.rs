@@ -321,26 +321,23 @@ pub const INET_SOCK_SET_STATE_FIELDS: [(&str, usize, usize); 11] = [
 pub const SYS_EXIT_RET_OFFSET: usize = 16;
 
 /// Where the running kernel's tracepoint records hold what the program reads
-/// ([`Config::record`]). The program reads the compiled offsets
+/// ([`Config::record`]). The programs read the compiled offsets
 /// ([`InetSockSetStateArgs`], [`SYS_EXIT_RET_OFFSET`]) with plain context
 /// loads, the only form the verifier takes; when the kernel's `format` files
-/// put a field elsewhere (with its size), the loader sets `moved` and the
-/// offsets found there, and the program copies the first
+/// put a field elsewhere (with its size), the loader sets the offsets found
+/// there and loads the `*_moved` programs instead, which copy the first
 /// [`RecordLayout::COPIED`] bytes of each record to read them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordLayout {
-    /// 0: every field is at its compiled offset.
-    pub moved: u32,
     /// The offset of each of [`INET_SOCK_SET_STATE_FIELDS`], in its order
     /// (indexed by the `RecordLayout::` field constants).
     pub state_change: [u16; 11],
     /// The offset of `ret` in `syscalls:sys_exit_accept{,4}`.
     pub sys_exit_ret: u16,
-    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<RecordLayout>() == 32);
+const _: () = assert!(size_of::<RecordLayout>() == 24);
 
 impl RecordLayout {
     /// Bytes of a record the moved path copies: every field must end within.
@@ -366,10 +363,8 @@ impl RecordLayout {
             i += 1;
         }
         Self {
-            moved: 0,
             state_change,
             sys_exit_ret: SYS_EXIT_RET_OFFSET as u16,
-            _pad: 0,
         }
     };
 }
@@ -492,7 +487,7 @@ pub struct Config {
     pub stacks: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 272);
+const _: () = assert!(size_of::<Config>() == 264);
 
 impl Config {
     pub const NONE: Self = Self {

@@ -37,14 +37,18 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
         return;
     };
-    // SAFETY: an array value; copied out at once (32 bytes).
-    let prev = (found && !starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
+    // SAFETY: an array value; copied out at once (32 bytes), even when not
+    // used: an `Option<SockEntry>` is undefined while `None`, and LLVM then
+    // reloads stack it never wrote, which verifiers before 6.3 refuse
+    // ("invalid read from stack", 5.10 in the matrix).
+    let copy = unsafe { *entry };
+    let prev = (found && !starts_lifecycle(t.old, t.new)).then_some(&copy);
     let who = if owner::tracked(cfg) {
-        owner::resolve(t, cfg, &learnt, prev.as_ref(), passes)
+        owner::resolve(t, cfg, &learnt, prev, passes)
     } else {
         Owner::unknown_passing()
     };
-    let measured = measure(prev.as_ref(), t.old, t.new, now);
+    let measured = measure(prev, t.old, t.new, now);
     if passes && who.passes {
         if let Some(n) = TRANSITIONS.get_ptr_mut(transition_index(t.old, t.new)) {
             // SAFETY: this CPU's slot; the kernel never nests runs on one CPU.

@@ -87,14 +87,31 @@ static SOCKET_STACKS: LruHashMap<u64, SockStack> = LruHashMap::with_max_entries(
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if let Some(t) = record::transition(&ctx) {
+        state_change(&ctx, t);
+    }
+    0
+}
+
+/// The same, for a kernel whose record has a field elsewhere: the loader
+/// loads this one instead, so the verifier never sees the path not taken
+/// (sharing one program, its branch changed the code around it enough
+/// that 5.10's verifier refused a stack read).
+#[tracepoint]
+pub fn inet_sock_set_state_moved(ctx: TracePointContext) -> u32 {
+    if let Some(t) = record::moved_transition(&ctx, &config().record) {
+        state_change(&ctx, t);
+    }
+    0
+}
+
+#[inline(always)]
+fn state_change(ctx: &TracePointContext, t: record::Transition) {
     let cfg = config();
-    let Some(t) = record::transition(&ctx, &cfg.record) else {
-        return 0;
-    };
     if stacks::on(cfg) {
         // connect() enters SYN_SENT, in the connecting thread.
         if t.old == TcpState::Close as u8 && t.new == TcpState::SynSent as u8 {
-            stacks::capture(&ctx, t.skaddr, cfg);
+            stacks::capture(ctx, t.skaddr, cfg);
         } else if t.new == TcpState::Close as u8 {
             stacks::forget(t.skaddr);
         }
@@ -105,31 +122,37 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     } else {
         stream::transition(&t, cfg, passes);
     }
-    0
 }
 
 /// `accept4()` returned: the new file's socket is held by this process,
 /// and this thread's stack is the one that opened it.
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    accepted(&ctx, config());
+    accepted(&ctx, record::syscall_ret(&ctx), config());
     0
 }
 
 /// `accept()` returned (libcs call accept4, but not every program uses libc).
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    accepted(&ctx, config());
+    accepted(&ctx, record::syscall_ret(&ctx), config());
+    0
+}
+
+/// Either exit, where its record has `ret` elsewhere.
+#[tracepoint]
+pub fn sys_exit_accept_moved(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    accepted(&ctx, record::moved_syscall_ret(&ctx, &cfg.record), cfg);
     0
 }
 
 #[inline(always)]
-fn accepted(ctx: &TracePointContext, cfg: &Config) {
+fn accepted(ctx: &TracePointContext, fd: i64, cfg: &Config) {
     let (owners, stacks) = (owner::tracked(cfg), stacks::on(cfg));
     if !owners && !stacks {
         return;
     }
-    let fd = record::syscall_ret(ctx, &cfg.record);
     if fd < 0 {
         return;
     }

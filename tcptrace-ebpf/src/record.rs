@@ -6,19 +6,33 @@
 //! load is at a constant offset from the context pointer, the only form the
 //! verifier accepts.
 //!
-//! So a kernel that moved a field pays that copy (100-150 ns more per event
-//! in `leaks` and `hist`, bpf_stats here), and only it: the loader
-//! sets `RecordLayout::moved` in the read-only `CONFIG`, whose value the
-//! verifier knows, so it prunes whichever path is not taken.
+//! So only a kernel that moved a field pays for a copy (100-150 ns more per
+//! event in `leaks` and `hist`, bpf_stats here): its `*_moved` programs,
+//! which the loader loads instead, copy the record into `MOVED_RECORD`,
+//! write its fields back at the compiled offsets and read that with the very
+//! code the others run. Code of their own after the copy was not the same
+//! to LLVM, whose spills of undefined values 5.10's verifier refused.
 
-use aya_ebpf::{EbpfContext as _, helpers::bpf_probe_read_kernel_buf, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    macros::map,
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    AF_INET, AF_INET6, Filter, IPPROTO_TCP, InetSockSetStateArgs, MAX_FILTER_PORTS, RecordLayout,
-    SYS_EXIT_RET_OFFSET,
+    AF_INET, AF_INET6, Filter, INET_SOCK_SET_STATE_FIELDS, IPPROTO_TCP, InetSockSetStateArgs,
+    MAX_FILTER_PORTS, RecordLayout, SYS_EXIT_RET_OFFSET,
 };
 
 use crate::load;
+
+/// Per CPU, for the `*_moved` programs: the record as the kernel wrote it,
+/// then its fields at the compiled offsets.
+#[map]
+static MOVED_RECORD: PerCpuArray<[u64; RecordLayout::COPIED / 4]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// One TCP state change.
 pub struct Transition {
@@ -46,11 +60,13 @@ pub fn state_bit(state: u8) -> u16 {
 
 /// The transition, if it is TCP's.
 #[inline(always)]
-pub fn transition(ctx: &TracePointContext, layout: &RecordLayout) -> Option<Transition> {
-    if load(&layout.moved) != 0 {
-        return moved_transition(ctx, layout);
-    }
-    let base = ctx.as_ptr() as *const u8;
+pub fn transition(ctx: &TracePointContext) -> Option<Transition> {
+    transition_at(ctx, ctx.as_ptr() as *const u8)
+}
+
+/// The transition in a record at `base` with the compiled layout.
+#[inline(always)]
+fn transition_at(ctx: &TracePointContext, base: *const u8) -> Option<Transition> {
     let at = |offset: usize| base.wrapping_add(offset);
     macro_rules! field {
         ($name:ident, $ty:ty) => {
@@ -99,64 +115,40 @@ pub fn transition(ctx: &TracePointContext, layout: &RecordLayout) -> Option<Tran
     })
 }
 
-/// The transition from a copy of the record, at the offsets the loader
-/// found in the running kernel's `format` file (each field within the copy).
+/// The transition of a kernel whose record has fields elsewhere: copied,
+/// its fields written back at the compiled offsets (each within the copy, as
+/// the loader checked), then read as everywhere else.
 #[inline(always)]
-fn moved_transition(ctx: &TracePointContext, layout: &RecordLayout) -> Option<Transition> {
-    let mut copy = [0u64; RecordLayout::COPIED / 8];
-    // SAFETY: a checked read of the record into a buffer of COPIED bytes.
-    let bytes = unsafe {
-        core::slice::from_raw_parts_mut(copy.as_mut_ptr().cast::<u8>(), RecordLayout::COPIED)
-    };
+pub fn moved_transition(ctx: &TracePointContext, layout: &RecordLayout) -> Option<Transition> {
+    let buf = MOVED_RECORD.get_ptr_mut(0)?.cast::<u8>();
+    // SAFETY: the map value holds 2 × COPIED bytes; the copy fills the first.
+    let raw = unsafe { core::slice::from_raw_parts_mut(buf, RecordLayout::COPIED) };
     // SAFETY: bpf_probe_read_kernel checks the address.
-    unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, bytes) }.ok()?;
-    let base = copy.as_ptr().cast::<u8>();
-    macro_rules! field {
-        ($index:ident, $ty:ty) => {
-            // SAFETY: the loader checked the field ends within the copy; its
-            // offset may be unaligned.
-            unsafe {
-                core::ptr::read_unaligned(base.add(usize::from(load(
-                    &layout.state_change[RecordLayout::$index],
-                ))) as *const $ty)
-            }
-        };
+    unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, raw) }.ok()?;
+    let compiled = buf.wrapping_add(RecordLayout::COPIED);
+    for (i, (_, offset, size)) in INET_SOCK_SET_STATE_FIELDS.into_iter().enumerate() {
+        let from = usize::from(load(&layout.state_change[i]));
+        // SAFETY: both within the map value: the field within the copy
+        // (checked by the loader), the compiled one within 72 bytes.
+        unsafe { core::ptr::copy_nonoverlapping(buf.add(from), compiled.add(offset), size) };
     }
-    if field!(PROTOCOL, u16) != IPPROTO_TCP {
-        return None;
-    }
-    let family = field!(FAMILY, u16);
-    let (saddr, daddr) = match family {
-        AF_INET => ([field!(SADDR, u32), 0, 0, 0], [field!(DADDR, u32), 0, 0, 0]),
-        AF_INET6 => (field!(SADDR_V6, [u32; 4]), field!(DADDR_V6, [u32; 4])),
-        other => {
-            warn!(ctx, "tcptrace: unexpected address family {}", other);
-            return None;
-        }
-    };
-    Some(Transition {
-        skaddr: field!(SKADDR, u64),
-        old: field!(OLDSTATE, i32) as u8,
-        new: field!(NEWSTATE, i32) as u8,
-        sport: field!(SPORT, u16),
-        dport: field!(DPORT, u16),
-        family,
-        saddr,
-        daddr,
-    })
+    transition_at(ctx, compiled)
 }
 
 /// `ret` of a `syscalls:sys_exit_*` record.
 #[inline(always)]
-pub fn syscall_ret(ctx: &TracePointContext, layout: &RecordLayout) -> i64 {
-    if load(&layout.moved) != 0 {
-        let at = ctx.as_ptr() as u64 + u64::from(load(&layout.sys_exit_ret));
-        // SAFETY: bpf_probe_read_kernel checks the address; a fault is no fd.
-        return unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(at as *const i64) }.unwrap_or(-1);
-    }
+pub fn syscall_ret(ctx: &TracePointContext) -> i64 {
     let at = (ctx.as_ptr() as *const u8).wrapping_add(SYS_EXIT_RET_OFFSET);
     // SAFETY: an in-bounds, aligned read of the tracepoint record.
     unsafe { core::ptr::read_volatile(at as *const i64) }
+}
+
+/// `ret`, at the offset the loader found; -1 (no fd) on a fault.
+#[inline(always)]
+pub fn moved_syscall_ret(ctx: &TracePointContext, layout: &RecordLayout) -> i64 {
+    let at = ctx.as_ptr() as u64 + u64::from(load(&layout.sys_exit_ret));
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(at as *const i64) }.unwrap_or(-1)
 }
 
 /// The family and port filters (the owner filter is applied where owners are known).

@@ -39,10 +39,11 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     let Some((entry, found)) = owner::entry(t.skaddr, load(&cfg.socket_sets)) else {
         return;
     };
-    // SAFETY: an array value; copied out at once (32 bytes).
-    let prev =
-        (found && !tcptrace_common::starts_lifecycle(t.old, t.new)).then(|| unsafe { *entry });
-    let who = owner::resolve(t, cfg, &learnt, prev.as_ref(), emits);
+    // SAFETY: an array value; copied out at once (32 bytes), always: see
+    // aggregate::transition.
+    let copy = unsafe { *entry };
+    let prev = (found && !tcptrace_common::starts_lifecycle(t.old, t.new)).then_some(&copy);
+    let who = owner::resolve(t, cfg, &learnt, prev, emits);
     // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
     // socket's transitions, and another socket taking the entry meanwhile
     // (a full set, on another CPU) costs one owner, no more.

@@ -102,7 +102,7 @@ impl Probe {
     pub fn load(cfg: &ProbeConfig) -> anyhow::Result<Self> {
         check_privileges()?;
         tracefs::ensure_mounted()?;
-        let record = record_layout(cfg.owners() || cfg.stacks())?;
+        let (record, moved) = record_layout(cfg.owners() || cfg.stacks())?;
         let memlock = sys::raise_memlock_rlimit().err();
         if let Some(e) = &memlock {
             log::debug!("could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11");
@@ -136,11 +136,15 @@ impl Probe {
         }
         let mut program_fds = Vec::new();
         if cfg.owners() || cfg.stacks() {
-            attach_accept_exits(&mut ebpf, &config, &mut program_fds)?;
+            attach_accept_exits(&mut ebpf, &config, moved, &mut program_fds)?;
         }
         program_fds.push(attach(
             &mut ebpf,
-            "inet_sock_set_state",
+            if moved {
+                "inet_sock_set_state_moved"
+            } else {
+                "inet_sock_set_state"
+            },
             tracefs::STATE_CHANGE,
         )?);
         let attached = std::time::Instant::now();
@@ -264,7 +268,10 @@ fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow
         .program_mut(program)
         .ok_or_else(|| anyhow!("kernel program {program} missing from the object"))?
         .try_into()?;
-    p.load().map_err(|e| verifier_error(program, &e))?;
+    // The moved-record programs serve both accept exits: loaded once.
+    if p.fd().is_err() {
+        p.load().map_err(|e| verifier_error(program, &e))?;
+    }
     p.attach(group, name).map_err(|e| {
         paranoid_refusal(&e, group, name).unwrap_or_else(|| {
             anyhow::Error::new(e).context(format!(
@@ -282,6 +289,7 @@ fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow
 fn attach_accept_exits(
     ebpf: &mut Ebpf,
     config: &Config,
+    moved: bool,
     fds: &mut Vec<RawFd>,
 ) -> anyhow::Result<()> {
     if config.layout.socket_sk == KernelLayout::UNKNOWN {
@@ -296,8 +304,16 @@ fn attach_accept_exits(
                     anyhow::bail!("ret is at offset {at}, not at {ret_at} as in sys_exit_accept4")
                 }
             })
-            .and_then(|()| attach(ebpf, program, (group, name)));
+            .and_then(|()| {
+                let program = if moved {
+                    "sys_exit_accept_moved"
+                } else {
+                    program
+                };
+                attach(ebpf, program, (group, name))
+            });
         match attached {
+            Ok(fd) if fds.contains(&fd) => {}
             Ok(fd) => fds.push(fd),
             // The state change's tracepoint would be refused the same way:
             // one line, not two warnings and then that line.
@@ -315,11 +331,11 @@ fn attach_accept_exits(
 /// the tests run that path on kernels that moved none.
 pub const COPY_RECORDS_ENV: &str = "TCPTRACE_COPY_RECORDS";
 
-/// Where the running kernel's tracepoint records hold what the program
-/// reads: the compiled offsets where they hold (plain context loads), else
-/// a copy of each record read at the offsets found, which costs a helper
-/// call per event and says so.
-fn record_layout(accept_exits: bool) -> anyhow::Result<RecordLayout> {
+/// Where the running kernel's tracepoint records hold what the programs
+/// read, and whether any field moved: then the `*_moved` programs copy each
+/// record to read it at the offsets found, which costs a helper call per
+/// event and says so.
+fn record_layout(accept_exits: bool) -> anyhow::Result<(RecordLayout, bool)> {
     let mut record = RecordLayout::COMPILED;
     record.state_change = tracefs::state_change_offsets(&tracefs::format(tracefs::STATE_CHANGE)?)?;
     if accept_exits {
@@ -347,8 +363,8 @@ fn record_layout(accept_exits: bool) -> anyhow::Result<RecordLayout> {
         )
         .collect();
     let forced = std::env::var_os(COPY_RECORDS_ENV).is_some_and(|v| v == "1");
-    if !moved.is_empty() || forced {
-        record.moved = 1;
+    let copied = !moved.is_empty() || forced;
+    if copied {
         let why = if moved.is_empty() {
             format!("{COPY_RECORDS_ENV}=1")
         } else {
@@ -358,7 +374,7 @@ fn record_layout(accept_exits: bool) -> anyhow::Result<RecordLayout> {
             "tcptrace: note: {why}: each record is copied to be read (one bpf_probe_read_kernel per event, 100-150 ns more)"
         );
     }
-    Ok(record)
+    Ok((record, copied))
 }
 
 /// The running kernel's layout. Without BTF (or a member), what needs it

@@ -239,6 +239,17 @@ else
     tail -n {ATTACH_LOG_LINES} /tmp/tcptrace-attach.log | sed "s|^|{facts}attach: |"
 fi
 
+# Whether the programs for a kernel that moved a record field load here too
+# (forced: no kernel here moved one).
+TCPTRACE_COPY_RECORDS=1 {tcptrace} watch --duration 1 -L 1 -v > /tmp/tcptrace-copied.log 2>&1
+rc=$?
+if [ $rc = 0 ]; then
+    echo "{facts}tcptrace watch attaches with records copied: yes"
+else
+    echo "{facts}tcptrace watch attaches with records copied: no (exit $rc); the end of its -v output:"
+    tail -n {ATTACH_LOG_LINES} /tmp/tcptrace-copied.log | sed "s|^|{facts}copied: |"
+fi
+
 # Whether --stacks can name the caller of the C library's connect()
 # (bpf_task_pt_regs, 5.15): tcptrace warns when it cannot.
 {tcptrace} watch --stacks --duration 1 -L 1 > /tmp/tcptrace-stacks.log 2>&1
