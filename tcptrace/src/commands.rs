@@ -24,7 +24,7 @@ use crate::{
         tracer::{Tracer, is_closed_pipe},
     },
     views::{
-        hist::{self, ExactSink, GroupBy, KernelSink, Schedule, Shown},
+        hist::{self, ExactSink, GroupBy, KernelSink, Printer, Schedule, Shown},
         leaks::{self, Collector, LeaksSink, Report, Trend, Verdict},
         serve::{ServeOptions, ServeSink, http, metrics::Metrics, reload::Web},
         watch::WatchSink,
@@ -292,48 +292,49 @@ pub async fn hist(args: HistArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
     } else {
         0
     };
-    let out = BufWriter::new(std::io::stdout().lock());
-    if args.exact {
+    let printer = Printer::new(
+        BufWriter::new(std::io::stdout().lock()),
+        report,
+        args.by,
+        schedule,
+    );
+    let filter = selection.kernel_filter()?;
+    // --exact streams every transition and measures in userspace; otherwise
+    // the kernel measures and counts, and nothing crosses per event.
+    let (config, mut sink): (Config, Box<dyn Sink>) = if args.exact {
         let config = Config {
-            filter: selection.kernel_filter()?,
+            filter,
             mode: MODE_STREAM,
             owners,
             ..Config::NONE
         };
-        let mut sink = ExactSink::new(out, report, args.by, schedule, args.tuning.max_sockets);
-        run.trace(
-            probe(config, &args.tuning),
-            &selection,
-            &args.tuning,
-            0,
-            &mut sink,
-            None,
-        )
-        .await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let start = tokio::time::Instant::now();
-    let config = Config {
-        filter: selection.kernel_filter()?,
-        mode: MODE_AGGREGATE,
-        owners,
-        aggregate: AggregateConfig {
-            start_ns: monotonic_ns(),
-            interval_ns: args.interval.map_or(u64::MAX, |d| {
-                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-            }),
-            group_by: args.by.map_or(GROUP_NONE, GroupBy::kernel),
-            stream_states: 0,
-        },
-        ..Config::NONE
+        let sink = ExactSink::new(printer, args.tuning.max_sockets);
+        (config, Box::new(sink))
+    } else {
+        let start = tokio::time::Instant::now();
+        let config = Config {
+            filter,
+            mode: MODE_AGGREGATE,
+            owners,
+            aggregate: AggregateConfig {
+                start_ns: monotonic_ns(),
+                interval_ns: args.interval.map_or(u64::MAX, |d| {
+                    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+                }),
+                group_by: args.by.map_or(GROUP_NONE, GroupBy::kernel),
+                stream_states: 0,
+            },
+            ..Config::NONE
+        };
+        let sink = KernelSink::new(printer, start);
+        (config, Box::new(sink))
     };
-    let mut sink = KernelSink::new(out, report, args.by, schedule, start);
     run.trace(
         probe(config, &args.tuning),
         &selection,
         &args.tuning,
         0,
-        &mut sink,
+        sink.as_mut(),
         None,
     )
     .await?;

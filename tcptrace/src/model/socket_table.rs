@@ -212,30 +212,24 @@ impl SocketTable {
     }
 }
 
+/// The event's tuple, with what it left blank (a socket not bound or not
+/// connected yet) filled in from what was known of the socket.
 fn merge_tuple(prev: Option<Tuple>, now: Tuple) -> Tuple {
     let Some(prev) = prev else { return now };
-    Tuple {
-        laddr: if now.laddr.is_unspecified() {
-            prev.laddr
-        } else {
-            now.laddr
-        },
-        lport: if now.lport == 0 {
-            prev.lport
-        } else {
-            now.lport
-        },
-        raddr: if now.raddr.is_unspecified() {
-            prev.raddr
-        } else {
-            now.raddr
-        },
-        rport: if now.rport == 0 {
-            prev.rport
-        } else {
-            now.rport
-        },
+    let mut t = now;
+    if t.laddr.is_unspecified() {
+        t.laddr = prev.laddr;
     }
+    if t.lport == 0 {
+        t.lport = prev.lport;
+    }
+    if t.raddr.is_unspecified() {
+        t.raddr = prev.raddr;
+    }
+    if t.rport == 0 {
+        t.rport = prev.rport;
+    }
+    t
 }
 
 #[cfg(test)]

@@ -480,22 +480,28 @@ mod tests {
         out
     }
 
-    #[test]
-    fn integer_rounding_matches_float_formatting() {
-        let mut values: Vec<u64> = (0..5000).collect();
-        for base in [1_000_000, 999_999_500, 123_456_789_000, (1 << 53) - 5_000] {
+    /// `0..small`, 3,000 values from each base, `random` pseudo-random ones
+    /// of every magnitude (xorshift from `seed`), and past the exact range.
+    fn samples(small: u64, bases: &[u64], seed: u64, random: usize) -> Vec<u64> {
+        let mut values: Vec<u64> = (0..small).collect();
+        for base in bases {
             values.extend((0..3000).map(|i| base + i));
         }
-        // Pseudo-random ones of every magnitude, and past the exact range.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..20_000 {
+        let mut x = seed;
+        for _ in 0..random {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             values.push(x >> (x % 64));
         }
         values.extend([1 << 53, u64::MAX]);
-        for ns in values {
+        values
+    }
+
+    #[test]
+    fn integer_rounding_matches_float_formatting() {
+        let bases = [1_000_000, 999_999_500, 123_456_789_000, (1 << 53) - 5_000];
+        for ns in samples(5000, &bases, 0x9e37_79b9_7f4a_7c15, 20_000) {
             for decimals in [3usize, 6] {
                 let mut l = Vec::new();
                 let pushed = if decimals == 3 {
@@ -519,26 +525,15 @@ mod tests {
 
     #[test]
     fn milliseconds_match_serde_json() {
-        let mut values: Vec<u64> = (0..20_000).collect();
-        for base in [
+        let bases = [
             999_000,
             1_000_000,
             999_999_500,
             123_456_789_000,
             999_999_999_999_000,
             1_000_000_000_000_000 - 3_000,
-        ] {
-            values.extend((0..3000).map(|i| base + i));
-        }
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..50_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            values.push(x >> (x % 64));
-        }
-        values.extend([1 << 53, u64::MAX]);
-        for ns in values {
+        ];
+        for ns in samples(20_000, &bases, 0x2545_f491_4f6c_dd1d, 50_000) {
             let mut l = Vec::new();
             let want = serde_json::to_string(&(ns as f64 / 1e6)).unwrap();
             if push_ns_as_ms_json(&mut l, ns) {

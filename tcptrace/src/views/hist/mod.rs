@@ -45,45 +45,67 @@ pub struct Schedule {
     pub count: Option<u64>,
 }
 
-impl Schedule {
-    fn done(&self, printed: u64) -> bool {
-        self.count.is_some_and(|c| printed >= c)
-    }
-}
-
-/// Aggregate mode: prints the kernel's histograms of each interval.
-pub struct KernelSink<W: Write> {
+/// What both sinks print, how, and how often: the summaries' end.
+pub struct Printer<W: Write> {
     pub out: W,
     pub report: Report,
     pub by: Option<GroupBy>,
     pub schedule: Schedule,
-    /// When the kernel's interval 0 began (its `start_ns`).
-    pub start: Instant,
-    /// The first interval not yet printed.
-    epoch: u32,
-    /// Whether the intervals before the attach were skipped.
-    begun: bool,
     printed: u64,
-    measured: u64,
 }
 
-impl<W: Write> KernelSink<W> {
-    pub fn new(
-        out: W,
-        report: Report,
-        by: Option<GroupBy>,
-        schedule: Schedule,
-        start: Instant,
-    ) -> Self {
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, report: Report, by: Option<GroupBy>, schedule: Schedule) -> Self {
         Self {
             out,
             report,
             by,
             schedule,
+            printed: 0,
+        }
+    }
+
+    fn print(&mut self, summary: &Summary, names: &mut Names) -> anyhow::Result<()> {
+        self.printed += 1;
+        self.report
+            .write(&mut self.out, summary, monotonic_ns(), names)
+            .context("writing output")
+    }
+
+    /// Whether COUNT summaries were printed.
+    fn done(&self) -> bool {
+        self.schedule.count.is_some_and(|c| self.printed >= c)
+    }
+
+    /// Stop once done.
+    fn flow(&self) -> ControlFlow<()> {
+        if self.done() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+/// Aggregate mode: prints the kernel's histograms of each interval.
+pub struct KernelSink<W: Write> {
+    printer: Printer<W>,
+    /// When the kernel's interval 0 began (its `start_ns`).
+    start: Instant,
+    /// The first interval not yet printed.
+    epoch: u32,
+    /// Whether the intervals before the attach were skipped.
+    begun: bool,
+    measured: u64,
+}
+
+impl<W: Write> KernelSink<W> {
+    pub fn new(printer: Printer<W>, start: Instant) -> Self {
+        Self {
+            printer,
             start,
             epoch: 0,
             begun: false,
-            printed: 0,
             measured: 0,
         }
     }
@@ -97,12 +119,13 @@ impl<W: Write> KernelSink<W> {
             .context("the kernel program has no histogram maps")?;
         let epochs = self.epoch..=upto;
         let mut summary = Summary::default();
-        if self.by.is_some() {
+        let by = self.printer.by;
+        if by.is_some() {
             for (key, value) in maps
                 .drain_grouped(&epochs)
                 .context("reading the kernel's histograms")?
             {
-                let group = Group::from_key(self.by, &key);
+                let group = Group::from_key(by, &key);
                 if let Group::Process(Some(pid)) = group
                     && let Some(c) = maps.comm(pid)
                 {
@@ -119,18 +142,15 @@ impl<W: Write> KernelSink<W> {
             }
         }
         self.measured += summary.measured();
-        self.report
-            .write(&mut self.out, &summary, monotonic_ns(), ctx.names)
-            .context("writing output")?;
+        self.printer.print(&summary, ctx.names)?;
         self.epoch = upto.saturating_add(1);
-        self.printed += 1;
         Ok(())
     }
 }
 
 impl<W: Write> Sink for KernelSink<W> {
     fn tick(&mut self, ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
-        let Some(interval) = self.schedule.interval else {
+        let Some(interval) = self.printer.schedule.interval else {
             return Ok(ControlFlow::Continue(()));
         };
         if !self.begun {
@@ -147,16 +167,12 @@ impl<W: Write> Sink for KernelSink<W> {
         if Instant::now() >= end {
             self.print(ctx, self.epoch)?;
         }
-        Ok(if self.schedule.done(self.printed) {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        })
+        Ok(self.printer.flow())
     }
 
     fn finish(&mut self, ctx: &mut Context<'_>) -> anyhow::Result<()> {
         // The interval in progress at the stop, or the one summary.
-        if !self.schedule.done(self.printed) {
+        if !self.printer.done() {
             self.print(ctx, u32::MAX)?;
         }
         eprintln!(
@@ -173,56 +189,39 @@ impl<W: Write> Sink for KernelSink<W> {
 
 /// `--exact`: the stream of transitions, measured in userspace.
 pub struct ExactSink<W: Write> {
-    out: W,
-    report: Report,
-    by: Option<GroupBy>,
-    schedule: Schedule,
+    printer: Printer<W>,
     summary: Summary,
     /// What the kernel's SOCKETS map holds in aggregate mode.
     sockets: HashMap<u64, SockEntry>,
     cap: usize,
     /// When the current interval ends (from the attach, at the first tick).
     next: Option<Instant>,
-    printed: u64,
     /// Owners' names, taken from the transitions.
     names: Names,
 }
 
 impl<W: Write> ExactSink<W> {
-    pub fn new(
-        out: W,
-        report: Report,
-        by: Option<GroupBy>,
-        schedule: Schedule,
-        cap: usize,
-    ) -> Self {
+    pub fn new(printer: Printer<W>, cap: usize) -> Self {
         Self {
-            out,
-            report,
-            by,
-            schedule,
+            printer,
             summary: Summary::default(),
             sockets: HashMap::new(),
             cap,
             next: None,
-            printed: 0,
             names: Names::default(),
         }
     }
 
     fn print(&mut self) -> anyhow::Result<()> {
         let summary = std::mem::take(&mut self.summary);
-        self.printed += 1;
-        self.report
-            .write(&mut self.out, &summary, monotonic_ns(), &mut self.names)
-            .context("writing output")
+        self.printer.print(&summary, &mut self.names)
     }
 }
 
 impl<W: Write> Sink for ExactSink<W> {
     fn transition(&mut self, t: &Transition<'_>, _clock: &Clock) -> std::io::Result<()> {
         let ev = t.ev;
-        let group = match self.by {
+        let group = match self.printer.by {
             None => Group::All,
             Some(GroupBy::Process) => {
                 if let Some(o) = &t.owner {
@@ -266,7 +265,7 @@ impl<W: Write> Sink for ExactSink<W> {
     }
 
     fn tick(&mut self, ctx: &mut Context<'_>) -> anyhow::Result<ControlFlow<()>> {
-        let Some(interval) = self.schedule.interval else {
+        let Some(interval) = self.printer.schedule.interval else {
             return Ok(ControlFlow::Continue(()));
         };
         // The first interval begins at the attach, not at the start.
@@ -278,15 +277,11 @@ impl<W: Write> Sink for ExactSink<W> {
         }
         self.next = Some(next + interval);
         self.print()?;
-        Ok(if self.schedule.done(self.printed) {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        })
+        Ok(self.printer.flow())
     }
 
     fn finish(&mut self, _ctx: &mut Context<'_>) -> anyhow::Result<()> {
-        if self.schedule.done(self.printed) {
+        if self.printer.done() {
             return Ok(());
         }
         self.print()

@@ -155,22 +155,27 @@ mod tests {
         }
     }
 
+    /// What a report of `s` prints, in JSON or as text.
+    fn written(s: &Summary, json: bool) -> String {
+        let report = Report {
+            json,
+            shown: Shown::default(),
+            timestamps: false,
+        };
+        let mut out = Vec::new();
+        report
+            .write(&mut out, s, monotonic_ns(), &mut Names::default())
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn report_json_has_the_documented_keys() {
         let mut s = Summary::default();
         s.observe(TcpState::CloseWait as u8, Group::Lport(8080), 300 * MS);
         s.observe(HS_PASSIVE_LAST_ACK, Group::Lport(8080), 40_000);
         s.observe(TcpState::CloseWait as u8, Group::Process(None), MS);
-        let report = Report {
-            json: true,
-            shown: Shown::default(),
-            timestamps: false,
-        };
-        let mut out = Vec::new();
-        report
-            .write(&mut out, &s, monotonic_ns(), &mut Names::default())
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = written(&s, true);
         let lines: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -210,16 +215,7 @@ mod tests {
         let mut s = Summary::default();
         s.add_kernel(&key(HS_ACTIVE_CLOSE, 2), Group::Rport(443), 3);
         s.add_kernel(&key(HS_ACTIVE_CLOSE, SLOT_MAX), Group::Rport(443), 6_500);
-        let report = Report {
-            json: false,
-            shown: Shown::default(),
-            timestamps: false,
-        };
-        let mut out = Vec::new();
-        report
-            .write(&mut out, &s, monotonic_ns(), &mut Names::default())
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = written(&s, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines,
