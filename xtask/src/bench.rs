@@ -88,6 +88,12 @@ pub struct BenchArgs {
     /// Bench this tcptrace binary instead of a release build of the workspace
     #[arg(long, value_name = "PATH")]
     tcptrace: Option<PathBuf>,
+    /// Also run the tcptrace modes as built at REV (a git revision, built
+    /// under target/bench/before/) in the same rounds, to see whether a
+    /// change made any mode slower. A full run compares with the last commit
+    /// before the layered redesign (REDESIGN_BASE); `none` skips it
+    #[arg(long, value_name = "REV")]
+    before: Option<String>,
     /// Internal: hold N loopback connections open until stdin closes (the
     /// scale figures' helper processes)
     #[arg(long, hide = true, value_name = "N")]
@@ -112,6 +118,10 @@ pub struct BenchArgs {
     #[arg(long, hide = true, value_name = "PATH")]
     floor_object: Option<PathBuf>,
 }
+
+/// The last commit before the layered redesign (issue 13), which a full
+/// run's modes are compared with: the redesign must have made none slower.
+const REDESIGN_BASE: &str = "4b96809";
 
 /// The figures beside the throughput rounds, as `--only` names them.
 const FIGURES: [&str; 4] = ["scale", "owners", "activemq", "netns"];
@@ -160,9 +170,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .iter()
         .map(|k| k.trim())
         .partition(|k| FIGURES.contains(k));
+    let before = match args.before.as_deref() {
+        Some("none") => None,
+        Some(rev) => Some(rev),
+        None if args.only.is_empty() && !args.quick => Some(REDESIGN_BASE),
+        None => None,
+    };
     let mut configs = vec![Config::Baseline];
     if args.only.is_empty() {
-        configs.extend(Config::ALL.into_iter().filter(|c| *c != Config::Baseline));
+        configs.extend(
+            Config::ALL
+                .into_iter()
+                .filter(|c| *c != Config::Baseline && (before.is_some() || !c.is_before())),
+        );
     } else {
         for key in &config_keys {
             let c = Config::from_key(key).with_context(|| {
@@ -213,6 +233,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let tcptrace = tcptrace_binary(args)?;
     sys::catch_interrupt();
     let mut tools = Tools::find(tcptrace);
+    if let Some(rev) = before
+        && run_rounds
+    {
+        tools.before = Some(build_before(rev)?);
+    }
     // The floor programs are built with the workspace (tcptrace-ebpf's
     // `floors`), whichever tcptrace is benched.
     if run_rounds && args.only.is_empty() {
@@ -320,6 +345,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         stats_was,
         configs: if run_rounds { configs } else { Vec::new() },
         unavailable,
+        before: tools.before.as_ref().map(|(_, commit)| commit.clone()),
         runs: rounds_done.runs,
         storm_check: rounds_done.storm_check,
         scale,
@@ -546,6 +572,60 @@ fn build_release() -> Result<PathBuf> {
         bail!("{} is missing after the build", tcptrace.display());
     }
     Ok(tcptrace)
+}
+
+/// tcptrace as built at `rev`, from a copy of the tree at that revision
+/// (`git archive`, so the checkout is left alone), cached by commit.
+fn build_before(rev: &str) -> Result<(PathBuf, String)> {
+    let root = crate::workspace_root();
+    let out = Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--verify", "--short=12"])
+        .arg(format!("{rev}^{{commit}}"))
+        .output()
+        .context("running git rev-parse")?;
+    if !out.status.success() {
+        bail!(
+            "--before {rev}: not a revision of this repository ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let dir = crate::target_dir()
+        .join("bench")
+        .join("before")
+        .join(&commit);
+    let binary = dir.join("target").join("release").join("tcptrace");
+    if binary.is_file() {
+        eprintln!("bench: before: {} (built already)", binary.display());
+        return Ok((binary, commit));
+    }
+    let tree = dir.join("tree");
+    if tree.exists() {
+        fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
+    }
+    fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
+    eprintln!(
+        "bench: before: building tcptrace at {commit} in {}",
+        dir.display()
+    );
+    crate::cmd::run(Command::new("sh").current_dir(root).args([
+        "-c",
+        "git archive --format=tar \"$1\" | tar -x -C \"$2\"",
+        "sh",
+        &commit,
+        &tree.to_string_lossy(),
+    ]))?;
+    crate::cmd::run(
+        Command::new(crate::cargo())
+            .current_dir(&tree)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .args(["build", "--release", "-p", "tcptrace"]),
+    )?;
+    if !binary.is_file() {
+        bail!("{} is missing after the build", binary.display());
+    }
+    Ok((binary, commit))
 }
 
 fn progress(m: &Measured) -> String {

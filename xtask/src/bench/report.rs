@@ -72,6 +72,8 @@ pub struct Bench {
     pub stats_was: String,
     pub configs: Vec<Config>,
     pub unavailable: Vec<(Config, String)>,
+    /// The commit the `Before*` configurations were built at.
+    pub before: Option<String>,
     pub runs: Vec<RunRecord>,
     /// Each tcptrace mode once under the in-repo storm (when the main load was nginx).
     pub storm_check: Vec<(Config, Result<Measured, String>)>,
@@ -823,7 +825,7 @@ fn holders(l: &scale::LeaksOnce) -> String {
 
 pub fn render(bench: &Bench) -> String {
     let summaries = summarize(bench);
-    let targets = targets(bench, &summaries);
+    let mut targets = targets(bench, &summaries);
     let m = &bench.machine;
     let mut r = String::new();
     r.push_str("# Benchmarks\n\n");
@@ -868,7 +870,9 @@ pub fn render(bench: &Bench) -> String {
     }
     netns_section(&mut r, bench);
     owners_section(&mut r, bench);
+    let before = before_section(&mut r, bench.before.as_deref(), &summaries);
     r.push_str("\n## Targets\n\n");
+    targets.extend(before);
     r.push_str(&targets_table(&targets));
     if bench.runs.is_empty() {
         return r;
@@ -906,6 +910,87 @@ pub fn render(bench: &Bench) -> String {
     }
     every_run(&mut r, bench);
     r
+}
+
+/// How much worse than before a mode may measure and still be "not
+/// slower": the spread of one configuration's runs within a bench.
+const BEFORE_KERNEL_SLACK: f64 = 1.10;
+const BEFORE_CPU_SLACK: f64 = 1.10;
+const BEFORE_CPU_SLACK_US: f64 = 0.02;
+const BEFORE_RATIO_SLACK: f64 = 0.02;
+
+/// `## Before the redesign`: each mode next to its build from `--before`,
+/// in the same rounds; returns its target.
+fn before_section(r: &mut String, commit: Option<&str>, summaries: &[Summary]) -> Option<Target> {
+    let commit = commit?;
+    let _ = writeln!(
+        r,
+        "\n## Before the redesign\n\nEach mode as built at {commit} (`--before`), run in the same rounds as today's build, between the same untraced runs. Slower means a kernel or CPU cost over {:.0}% above it (the spread of one configuration's runs here), or a throughput ratio more than {:.0} points below.\n",
+        (BEFORE_KERNEL_SLACK - 1.0) * 100.0,
+        BEFORE_RATIO_SLACK * 100.0
+    );
+    r.push_str("| mode | kernel ns/event: now / before | tracer CPU µs/event: now / before | vs untraced: now / before | |\n|---|---:|---:|---:|---|\n");
+    let mut slower = Vec::new();
+    let mut compared = 0;
+    for (now, before) in super::tracers::BEFORE {
+        let (Some(n), Some(b)) = (ran(summaries, now), ran(summaries, before)) else {
+            let _ = writeln!(r, "| `{}` | not measured | | | |", now.key());
+            continue;
+        };
+        compared += 1;
+        let pair = |n: Option<f64>, b: Option<f64>, f: &dyn Fn(f64) -> String| match (n, b) {
+            (Some(n), Some(b)) => format!("{} / {}", f(n), f(b)),
+            _ => "—".to_owned(),
+        };
+        let (kn, kb) = (median(&n.kernel_ns), median(&b.kernel_ns));
+        let (cn, cb) = (median(&n.cpu_us), median(&b.cpu_us));
+        let (rn, rb) = (n.ratio(), b.ratio());
+        let mut worse = Vec::new();
+        if let (Some(n), Some(b)) = (kn, kb)
+            && n > b * BEFORE_KERNEL_SLACK
+        {
+            worse.push(format!("kernel +{:.0}%", (n / b - 1.0) * 100.0));
+        }
+        if let (Some(n), Some(b)) = (cn, cb)
+            && n > b * BEFORE_CPU_SLACK + BEFORE_CPU_SLACK_US
+        {
+            worse.push(format!("CPU +{:.2} µs", n - b));
+        }
+        if let (Some(n), Some(b)) = (rn, rb)
+            && n < b - BEFORE_RATIO_SLACK
+        {
+            worse.push(format!("throughput {:.1} points", (n - b) * 100.0));
+        }
+        let verdict = if worse.is_empty() {
+            "not slower".to_owned()
+        } else {
+            slower.push(format!("`{}`: {}", now.key(), worse.join(", ")));
+            format!("**slower**: {}", worse.join(", "))
+        };
+        let _ = writeln!(
+            r,
+            "| `{}` | {} | {} | {} | {verdict} |",
+            now.key(),
+            pair(kn, kb, &|v| thousands(v)),
+            pair(cn, cb, &|v| format!("{v:.2}")),
+            pair(rn, rb, &|v| format!("{v:.3}")),
+        );
+    }
+    let what = format!("no mode slower than before the redesign ({commit}), same run");
+    Some(if compared == 0 {
+        not_measured(what)
+    } else {
+        Target {
+            what,
+            measured: format!("{compared} modes compared"),
+            met: Some(slower.is_empty() && compared == super::tracers::BEFORE.len()),
+            gap: if slower.is_empty() {
+                "none slower".to_owned()
+            } else {
+                slower.join("; ")
+            },
+        }
+    })
 }
 
 /// `## Network namespaces`: `leaks --once` over many namespaces, next to `ss` in each.
@@ -1288,6 +1373,56 @@ mod tests {
         assert_eq!(thousands(1234567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(-1000.0), "-1,000");
+    }
+
+    #[test]
+    fn a_mode_slower_than_before_is_named() {
+        let summary = |config, kernel_ns: f64, cpu_us: f64, ratio: f64| Summary {
+            config,
+            unavailable: None,
+            failures: Vec::new(),
+            conns: vec![1000.0],
+            ratios: vec![ratio],
+            kernel_ns: vec![kernel_ns],
+            cpu_us: vec![cpu_us],
+            cpu_share: Vec::new(),
+            lost: Some(0),
+            events: 1,
+            rss_kib: None,
+            notes: Vec::new(),
+        };
+        let all = |watch_ns: f64, hist_ratio: f64| -> Vec<Summary> {
+            super::super::tracers::BEFORE
+                .iter()
+                .flat_map(|&(now, before)| {
+                    let ns = if now == Config::Watch {
+                        watch_ns
+                    } else {
+                        200.0
+                    };
+                    let ratio = if now == Config::Hist { hist_ratio } else { 0.9 };
+                    [
+                        summary(now, ns, 0.3, ratio),
+                        summary(before, 200.0, 0.3, 0.9),
+                    ]
+                })
+                .collect()
+        };
+        let mut r = String::new();
+        // Within the runs' spread: not slower.
+        let t = before_section(&mut r, Some("4b96809"), &all(215.0, 0.89)).unwrap();
+        assert_eq!(t.met, Some(true), "{r}");
+        assert_eq!(r.matches("not slower").count(), 5, "{r}");
+        let t = before_section(&mut r, Some("4b96809"), &all(260.0, 0.85)).unwrap();
+        assert_eq!(t.met, Some(false));
+        assert!(t.gap.contains("`watch`: kernel +30%"), "{}", t.gap);
+        assert!(
+            t.gap.contains("`hist`: throughput -5.0 points"),
+            "{}",
+            t.gap
+        );
+        // Nothing from before: no target row at all.
+        assert!(before_section(&mut r, None, &all(200.0, 0.9)).is_none());
     }
 
     #[test]

@@ -115,6 +115,14 @@ pub enum Config {
     WatchStacks,
     Tcpstates,
     Bpftrace,
+    /// The modes above, run by tcptrace as built before the redesign
+    /// (`--before REV`, [`BEFORE`]): the same rounds say whether a change
+    /// made any mode slower.
+    BeforeWatch,
+    BeforeWatchJson,
+    BeforeLeaks,
+    BeforeHist,
+    BeforeServe,
     /// The floor programs ([`FLOOR_PROGRAMS`]): measured once each, not in the rounds.
     FloorEmpty,
     FloorClock,
@@ -130,7 +138,7 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 10] = [
+    pub const ALL: [Config; 15] = [
         Config::Baseline,
         Config::Watch,
         Config::WatchJson,
@@ -141,6 +149,11 @@ impl Config {
         Config::WatchStacks,
         Config::Tcpstates,
         Config::Bpftrace,
+        Config::BeforeWatch,
+        Config::BeforeWatchJson,
+        Config::BeforeLeaks,
+        Config::BeforeHist,
+        Config::BeforeServe,
     ];
 
     /// The name `--only` takes.
@@ -156,6 +169,11 @@ impl Config {
             Config::WatchStacks => "watch-stacks",
             Config::Tcpstates => "tcpstates",
             Config::Bpftrace => "bpftrace",
+            Config::BeforeWatch => "before-watch",
+            Config::BeforeWatchJson => "before-watch-json",
+            Config::BeforeLeaks => "before-leaks",
+            Config::BeforeHist => "before-hist",
+            Config::BeforeServe => "before-serve",
             Config::FloorEmpty => "floor-empty",
             Config::FloorClock => "floor-clock",
             Config::FloorRead => "floor-read",
@@ -183,6 +201,11 @@ impl Config {
             Config::WatchStacks => "`tcptrace watch --stacks` > /dev/null",
             Config::Tcpstates => "libbpf-tools `tcpstates` > /dev/null",
             Config::Bpftrace => "bpftrace counting one-liner",
+            Config::BeforeWatch => "`tcptrace watch`, before the redesign",
+            Config::BeforeWatchJson => "`tcptrace watch --json`, before the redesign",
+            Config::BeforeLeaks => "`tcptrace leaks`, before the redesign",
+            Config::BeforeHist => "`tcptrace hist`, before the redesign",
+            Config::BeforeServe => "`tcptrace serve`, before the redesign",
             _ => FLOOR_PROGRAMS
                 .iter()
                 .find(|f| f.0 == self)
@@ -203,6 +226,18 @@ impl Config {
         )
     }
 
+    /// The tcptrace mode it runs: itself, or a `Before*`'s current twin.
+    pub fn mode(self) -> Config {
+        BEFORE
+            .iter()
+            .find(|(_, before)| *before == self)
+            .map_or(self, |(now, _)| *now)
+    }
+
+    pub fn is_before(self) -> bool {
+        self.mode() != self
+    }
+
     /// How it runs, if it is a floor program.
     pub fn floor(self) -> Option<Floor> {
         FLOOR_PROGRAMS.iter().find(|f| f.0 == self).map(|f| f.2)
@@ -213,9 +248,20 @@ impl Config {
     }
 }
 
+/// Each mode and its run by the build from before the redesign.
+pub const BEFORE: [(Config, Config); 5] = [
+    (Config::Watch, Config::BeforeWatch),
+    (Config::WatchJson, Config::BeforeWatchJson),
+    (Config::Leaks, Config::BeforeLeaks),
+    (Config::Hist, Config::BeforeHist),
+    (Config::Serve, Config::BeforeServe),
+];
+
 /// Where each tracer is and which tcptrace subcommands exist.
 pub struct Tools {
     pub tcptrace: PathBuf,
+    /// tcptrace as built at `--before REV`: (the binary, its revision).
+    pub before: Option<(PathBuf, String)>,
     pub tcpstates: Option<PathBuf>,
     pub bpftrace: Option<PathBuf>,
     pub hist: bool,
@@ -242,6 +288,7 @@ impl Tools {
                 .or_else(|| which("tcpstates")),
             bpftrace: which("bpftrace"),
             tcptrace,
+            before: None,
             floors: Err("not looked for".to_owned()),
         }
     }
@@ -260,6 +307,9 @@ impl Tools {
             }
             Config::Bpftrace if self.bpftrace.is_none() => {
                 Some("not available: bpftrace is not installed".to_owned())
+            }
+            c if c.is_before() && self.before.is_none() => {
+                Some("not available: no build from before (--before REV)".to_owned())
             }
             _ => match config.floor() {
                 Some(Floor::Bpftrace(_)) if self.bpftrace.is_none() => {
@@ -299,12 +349,13 @@ impl Tools {
                 c.arg(self.floors.as_ref().expect("checked"));
                 c
             }
+            (c, _) if c.is_before() => Command::new(&self.before.as_ref().expect("checked").0),
             _ => Command::new(&self.tcptrace),
         };
         if let Some(stats) = stats {
             cmd.args(stats.args());
         }
-        match config {
+        match config.mode() {
             Config::Watch => {
                 cmd.arg("watch");
             }
@@ -369,7 +420,7 @@ pub struct Running {
 }
 
 pub fn start(tools: &Tools, config: Config, poker: &Poker) -> Result<Running> {
-    let serve_addr = if config == Config::Serve {
+    let serve_addr = if config.mode() == Config::Serve {
         Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
     } else {
         None
