@@ -6,7 +6,7 @@
 //! load is at a constant offset from the context pointer, the only form the
 //! verifier accepts.
 //!
-//! So only a kernel that moved a field pays for a copy (100-150 ns more per
+//! So only a kernel that moved a field pays for a copy (50-150 ns more per
 //! event in `leaks` and `hist`, bpf_stats here): its `*_moved` programs,
 //! which the loader loads instead, copy the record into `MOVED_RECORD`,
 //! write its fields back at the compiled offsets and read that with the very

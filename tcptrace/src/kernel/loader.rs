@@ -371,7 +371,7 @@ fn record_layout(accept_exits: bool) -> anyhow::Result<(RecordLayout, bool)> {
             format!("this kernel's records put {}", moved.join(", "))
         };
         eprintln!(
-            "tcptrace: note: {why}: each record is copied to be read (one bpf_probe_read_kernel per event, 100-150 ns more)"
+            "tcptrace: note: {why}: each record is copied to be read (one bpf_probe_read_kernel per event, 50-150 ns more)"
         );
     }
     Ok((record, copied))
