@@ -222,27 +222,22 @@ fn proc_net(proc: &str, states: u32, family: Option<u16>) -> io::Result<Vec<Diag
 pub fn parse_proc_net_line(line: &str, family: u16) -> Option<DiagSocket> {
     let mut f = line.split_ascii_whitespace();
     f.next()?; // sl
-    let (saddr, sport) = endpoint(f.next()?, family)?;
-    let (daddr, dport) = endpoint(f.next()?, family)?;
+    let source = endpoint(f.next()?, family)?;
+    let destination = endpoint(f.next()?, family)?;
     let state = u8::from_str_radix(f.next()?, 16).ok()?;
     TcpState::from_kernel(state)?;
     let mut f = f.skip(3); // tx:rx queues, timer, retransmits
     let uid = f.next()?.parse().ok()?;
     f.next()?; // timeout
     let inode = f.next()?.parse().ok()?;
-    Some(DiagSocket {
+    Some(DiagSocket::listed(
         family,
         state,
-        saddr,
-        sport,
-        daddr,
-        dport,
+        source,
+        destination,
         inode,
         uid,
-        cookie: 0,
-        info: None,
-        netns: 0,
-    })
+    ))
 }
 
 fn endpoint(text: &str, family: u16) -> Option<(IpAddr, u16)> {

@@ -58,6 +58,33 @@ pub struct DiagSocket {
     pub netns: u64,
 }
 
+impl DiagSocket {
+    /// What every source lists of a socket (sock_diag and `/proc/net/tcp`
+    /// alike); the cookie, `tcp_info` and namespace are the caller's to add.
+    pub fn listed(
+        family: u16,
+        state: u8,
+        (saddr, sport): (IpAddr, u16),
+        (daddr, dport): (IpAddr, u16),
+        inode: u64,
+        uid: u32,
+    ) -> Self {
+        Self {
+            family,
+            state,
+            saddr,
+            sport,
+            daddr,
+            dport,
+            inode,
+            uid,
+            cookie: 0,
+            info: None,
+            netns: 0,
+        }
+    }
+}
+
 /// The few `struct tcp_info` fields tcptrace needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TcpInfoLite {
@@ -323,17 +350,9 @@ fn parse_inet_diag_msg(p: &[u8]) -> Result<DiagSocket> {
     }
 
     Ok(DiagSocket {
-        family,
-        state,
-        saddr,
-        sport,
-        daddr,
-        dport,
-        inode,
-        uid,
         cookie,
         info,
-        netns: 0,
+        ..DiagSocket::listed(family, state, (saddr, sport), (daddr, dport), inode, uid)
     })
 }
 

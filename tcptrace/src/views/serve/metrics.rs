@@ -194,45 +194,23 @@ impl Metrics {
             snapshot: Arc::new(RwLock::new(())),
         };
         reg.register_collector(Box::new(m.kernel.clone()));
-        reg.register(
-            "sockets",
-            "Sockets in each connection state, in every network namespace",
-            m.sockets.clone(),
-        );
-        reg.register(
-            "network_namespaces",
-            "Network namespaces whose sockets tcptrace_sockets and the CLOSE_WAIT series cover",
-            m.namespaces.clone(),
-        );
-        reg.register(
-            "close_wait_sockets",
-            "CLOSE_WAIT sockets held per process (the top --top processes; the rest summed under comm=\"other\")",
-            m.close_wait.clone(),
-        );
-        reg.register_with_unit(
-            "close_wait_oldest",
-            "Age of the oldest CLOSE_WAIT socket per process (a lower bound for sockets older than tcptrace)",
-            Unit::Seconds,
-            m.close_wait_oldest.clone(),
-        );
-        reg.register(
-            "process_open_fds",
-            "Open file descriptors of the processes in tcptrace_close_wait_sockets",
-            m.open_fds.clone(),
-        );
-        reg.register(
-            "process_fd_limit",
-            "Soft RLIMIT_NOFILE of the processes in tcptrace_close_wait_sockets (absent when unlimited)",
-            m.fd_limit.clone(),
-        );
-        reg.register(
-            "build",
-            "tcptrace's version",
-            Info::new(vec![(
-                "version".to_owned(),
-                env!("CARGO_PKG_VERSION").to_owned(),
-            )]),
-        );
+        // One line per metric: name (and unit), help, the metric.
+        macro_rules! register {
+            ($name:literal, $help:literal => $metric:expr) => {
+                reg.register($name, $help, $metric)
+            };
+            ($name:literal in $unit:expr, $help:literal => $metric:expr) => {
+                reg.register_with_unit($name, $help, $unit, $metric)
+            };
+        }
+        register!("sockets", "Sockets in each connection state, in every network namespace" => m.sockets.clone());
+        register!("network_namespaces", "Network namespaces whose sockets tcptrace_sockets and the CLOSE_WAIT series cover" => m.namespaces.clone());
+        register!("close_wait_sockets", "CLOSE_WAIT sockets held per process (the top --top processes; the rest summed under comm=\"other\")" => m.close_wait.clone());
+        register!("close_wait_oldest" in Unit::Seconds, "Age of the oldest CLOSE_WAIT socket per process (a lower bound for sockets older than tcptrace)" => m.close_wait_oldest.clone());
+        register!("process_open_fds", "Open file descriptors of the processes in tcptrace_close_wait_sockets" => m.open_fds.clone());
+        register!("process_fd_limit", "Soft RLIMIT_NOFILE of the processes in tcptrace_close_wait_sockets (absent when unlimited)" => m.fd_limit.clone());
+        let version = ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+        register!("build", "tcptrace's version" => Info::new(vec![version]));
         reg.register_collector(Box::new(m.own.clone()));
         // Known series exist from the start, so rate() and absent() behave.
         for state in SOCKET_STATES {
