@@ -329,7 +329,7 @@ fn attach_accept_exits(
 /// Set to read every tracepoint record through a copy at the offsets of the
 /// running kernel's `format` files, as on a kernel that moved a field: how
 /// the tests run that path on kernels that moved none.
-pub const COPY_RECORDS_ENV: &str = "TCPTRACE_COPY_RECORDS";
+const COPY_RECORDS_ENV: &str = "TCPTRACE_COPY_RECORDS";
 
 /// Where the running kernel's tracepoint records hold what the programs
 /// read, and whether any field moved: then the `*_moved` programs copy each

@@ -4,13 +4,7 @@
 //! and it must read exactly what the context loads read, in every program
 //! (stream, aggregate, serve's mix, and the accept exits).
 
-use std::{
-    collections::BTreeSet,
-    io::Write,
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, io::Write, process::Command, thread, time::Duration};
 
 use serde_json::Value;
 
@@ -107,22 +101,9 @@ fn a_copied_record_reads_what_the_context_loads_read() {
     let serve = Serve::start_with(cmd, &["-L", &ports]);
     assert!(serve.stderr().contains(NOTE), "{}", serve.stderr());
     traffic(&v4, &v6);
-    let deadline = Instant::now() + slowed(Duration::from_secs(10));
-    let series = "tcptrace_transitions_total{from=\"established\",to=\"close_wait\"} ";
-    loop {
-        let body = serve.get("/metrics").body;
-        let n: f64 = body
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0);
-        if n == 4.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n}:\n{body}\n{}",
-            serve.stderr()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    serve.wait_for_value(
+        "tcptrace_transitions_total{from=\"established\",to=\"close_wait\"} ",
+        4.0,
+        slowed(Duration::from_secs(10)),
+    );
 }
