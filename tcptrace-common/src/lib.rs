@@ -445,7 +445,8 @@ pub const GROUP_RADDR: u32 = 4;
 pub struct AggregateConfig {
     /// CLOCK_MONOTONIC ns at which interval 0 starts.
     pub start_ns: u64,
-    /// Interval length in ns; `u64::MAX` keeps everything in interval 0.
+    /// Interval length in ns; 0 keeps everything in interval 0, and spares
+    /// the program a 64-bit division per transition.
     pub interval_ns: u64,
     /// One of the `GROUP_*` values.
     pub group_by: u32,
@@ -461,7 +462,7 @@ const _: () = assert!(size_of::<AggregateConfig>() == 24);
 impl AggregateConfig {
     pub const NONE: Self = Self {
         start_ns: 0,
-        interval_ns: u64::MAX,
+        interval_ns: 0,
         group_by: GROUP_NONE,
         stream_states: 0,
     };

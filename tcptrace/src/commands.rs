@@ -318,9 +318,9 @@ pub async fn hist(args: HistArgs, run: &Run<'_>) -> anyhow::Result<ExitCode> {
             owners,
             aggregate: AggregateConfig {
                 start_ns: monotonic_ns(),
-                interval_ns: args.interval.map_or(u64::MAX, |d| {
-                    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-                }),
+                interval_ns: args
+                    .interval
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
                 group_by: args.by.map_or(GROUP_NONE, GroupBy::kernel),
                 stream_states: 0,
             },
