@@ -4,7 +4,7 @@
 //! so callers use them only where the answer is needed; a fault or an
 //! unknown offset yields 0, never a guess.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use tcptrace_common::{KernelLayout, TASK_COMM_LEN};
 
 use crate::load;
@@ -39,29 +39,57 @@ pub fn socket_netns(sk: u64, l: &KernelLayout) -> u32 {
     read(read(sk, load(&l.sock_net)), load(&l.net_inum)) as u32
 }
 
+/// A process name, its 16 bytes held as two words, passed by value.
+#[derive(Clone, Copy)]
+pub struct CommBuf([u64; 2]);
+
+impl CommBuf {
+    pub const EMPTY: Self = Self([0; 2]);
+
+    pub fn bytes(&self) -> &[u8; TASK_COMM_LEN] {
+        // SAFETY: 16 bytes, any bit pattern valid, u8 alignment is weaker.
+        unsafe { &*self.0.as_ptr().cast::<[u8; TASK_COMM_LEN]>() }
+    }
+
+    /// As the four 32-bit words of its bytes (native endian).
+    pub fn words(&self) -> [u32; 4] {
+        let [a, b] = self.0;
+        [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32]
+    }
+}
+
 /// The current process's name: its thread-group leader's `comm` (a thread's
-/// own is its thread name, e.g. "ActiveMQ Task-1" in a JVM), written into
-/// `out`. Falls back to the thread's name when the layout is unknown.
+/// own is its thread name, e.g. "ActiveMQ Task-1" in a JVM); the thread's
+/// name when the layout is unknown.
+///
+/// The buffer is not zeroed first: a 16-byte fill of memory whose address
+/// goes to a helper is a call to a byte-loop `memset` on BPF (a BPF-to-BPF
+/// call and 16 iterations, in every process-context transition of
+/// `watch`). Both helpers write all of it, zeros on failure.
 #[inline(always)]
-pub fn process_comm(l: &KernelLayout, out: &mut [u8; TASK_COMM_LEN]) {
+pub fn process_comm(l: &KernelLayout) -> CommBuf {
+    let mut buf = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let dst = buf.as_mut_ptr().cast::<core::ffi::c_void>();
     // SAFETY: takes no arguments.
     let task = unsafe { generated::bpf_get_current_task() };
     let leader = read(task, load(&l.task_group_leader));
     let comm_at = load(&l.task_comm);
-    if leader != 0 && comm_at != KernelLayout::UNKNOWN {
-        // SAFETY: a checked read into a buffer of the right size.
-        let read =
-            unsafe { bpf_probe_read_kernel_buf((leader + u64::from(comm_at)) as *const u8, out) };
-        if read.is_ok() {
-            return;
-        }
+    let from_leader = leader != 0
+        && comm_at != KernelLayout::UNKNOWN
+        // SAFETY: 16 writable bytes; the helper checks the source address.
+        && unsafe {
+            generated::bpf_probe_read_kernel(
+                dst,
+                TASK_COMM_LEN as u32,
+                (leader + u64::from(comm_at)) as *const core::ffi::c_void,
+            )
+        } == 0;
+    if !from_leader {
+        // SAFETY: 16 writable bytes.
+        unsafe { generated::bpf_get_current_comm(dst, TASK_COMM_LEN as u32) };
     }
-    // SAFETY: a writable buffer of TASK_COMM_LEN bytes.
-    if unsafe { generated::bpf_get_current_comm(out.as_mut_ptr().cast(), TASK_COMM_LEN as u32) }
-        != 0
-    {
-        *out = [0; TASK_COMM_LEN];
-    }
+    // SAFETY: either helper wrote all 16 bytes (zeros where it failed).
+    CommBuf(unsafe { buf.assume_init() })
 }
 
 /// The `struct sock` behind the current process's file descriptor `fd`, if

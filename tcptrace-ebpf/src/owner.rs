@@ -16,10 +16,15 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tcptrace_common::{
     Config, EVICTED_SLOT, Filter, GROUP_PROCESS, KnownOwner, ListenKey, MAX_FILTER_PIDS,
     MODE_AGGREGATE, OWNER_INODE_CHECKED, OWNER_SOURCE_MASK, OWNERS_BY_INODE, OWNERS_TRACK,
-    OwnerSource, SOCKET_WAYS, SockEntry, TASK_COMM_LEN, TcpState, socket_set, starts_lifecycle,
+    OwnerSource, SOCKET_WAYS, SockEntry, TcpState, socket_set, starts_lifecycle,
 };
 
-use crate::{COMMS, INODE_OWNERS, LISTEN_OWNERS, SOCKETS, bump, kernel, load, record::Transition};
+use crate::{
+    COMMS, INODE_OWNERS, LISTEN_OWNERS, SOCKETS, bump,
+    kernel::{self, CommBuf},
+    load,
+    record::Transition,
+};
 
 const CLOSE: u8 = TcpState::Close as u8;
 /// The `INODE_OWNERS` key that marks the seeding as complete.
@@ -71,7 +76,7 @@ pub struct Learnt {
     pub passes: bool,
     /// Whether `comm` holds its process name (asked for).
     pub named: bool,
-    pub comm: [u8; TASK_COMM_LEN],
+    pub comm: CommBuf,
 }
 
 impl Learnt {
@@ -80,7 +85,7 @@ impl Learnt {
         tgid: 0,
         passes: false,
         named: false,
-        comm: [0; TASK_COMM_LEN],
+        comm: CommBuf::EMPTY,
     };
 }
 
@@ -115,10 +120,11 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
     let group_by_process =
         load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS;
     let named = comm || by_comm || group_by_process;
-    let mut name = [0u8; TASK_COMM_LEN];
-    if named {
-        kernel::process_comm(&cfg.layout, &mut name);
-    }
+    let name = if named {
+        kernel::process_comm(&cfg.layout)
+    } else {
+        CommBuf::EMPTY
+    };
     let passes = pid_passes(tgid, f) && (!by_comm || comm_matches(&name, f));
     if t.new == LISTEN || closes_listener {
         let key = ListenKey::new(kernel::socket_netns(t.skaddr, &cfg.layout), t.sport);
@@ -150,10 +156,11 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
 
 /// Names `tgid` in `COMMS`; written only when the name is new (an LRU
 /// insert costs more than the rest of the program).
-fn remember_comm(tgid: u32, comm: &[u8; TASK_COMM_LEN]) {
+fn remember_comm(tgid: u32, comm: &CommBuf) {
+    let comm = comm.bytes();
     // SAFETY: a plain array compared at once.
     if unsafe { COMMS.get(tgid) } != Some(comm) {
-        let _ = COMMS.insert(tgid, *comm, 0);
+        let _ = COMMS.insert(tgid, comm, 0);
     }
 }
 
@@ -233,14 +240,19 @@ pub fn accepted(sk: u64, cfg: &Config) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let f = &cfg.filter;
     let by_comm = load(&f.has_comm) != 0;
-    let mut comm = [0u8; TASK_COMM_LEN];
-    if by_comm
-        || (load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS)
-    {
-        kernel::process_comm(&cfg.layout, &mut comm);
-        remember_comm(tgid, &comm);
-    }
-    let passes = pid_passes(tgid, f) && (!by_comm || comm_matches(&comm, f));
+    let group_by_process =
+        load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS;
+    // No name unless needed, and none zeroed: see `kernel::process_comm`.
+    let comm_passes = if by_comm || group_by_process {
+        let comm = kernel::process_comm(&cfg.layout);
+        if group_by_process {
+            remember_comm(tgid, &comm);
+        }
+        !by_comm || comm_matches(&comm, f)
+    } else {
+        true
+    };
+    let passes = pid_passes(tgid, f) && comm_passes;
     let Some((entry, found)) = entry(sk, load(&cfg.socket_sets)) else {
         return;
     };
@@ -333,6 +345,12 @@ fn pid_passes(tgid: u32, f: &Filter) -> bool {
     false
 }
 
-fn comm_matches(comm: &[u8; TASK_COMM_LEN], f: &Filter) -> bool {
-    comm.iter().zip(f.comm.iter()).all(|(a, b)| *a == load(b))
+/// Byte by byte from the words, so the name need not be in memory (a
+/// buffer in memory starts with a 16-byte fill: a call to a byte-loop memset).
+fn comm_matches(comm: &CommBuf, f: &Filter) -> bool {
+    let words = comm.words();
+    f.comm
+        .iter()
+        .enumerate()
+        .all(|(i, b)| (words[i / 4] >> (8 * (i % 4))) as u8 == load(b))
 }
