@@ -608,13 +608,7 @@ fn counter_targets(bench: &Bench, summaries: &[Summary], out: &mut Vec<Target>) 
             } else {
                 let mut gap = format!("+{:.2}×", x - limit);
                 if let Some(f) = floor(floor_config) {
-                    let _ = write!(
-                        gap,
-                        "; its floor program (`{}`) costs {} ns here, {:.2}× the counter",
-                        floor_config.key(),
-                        thousands(f),
-                        f / counter_ns
-                    );
+                    gap += &floor_gap(ns, counter_ns, limit, floor_config, f);
                 }
                 gap
             },
@@ -656,6 +650,24 @@ fn counter_targets(bench: &Bench, summaries: &[Summary], out: &mut Vec<Target>) 
             },
         });
     }
+}
+
+/// What a mode's floor says of a kernel target it misses: whether the
+/// floor program alone already misses it (the hardware cannot meet it),
+/// and how far above its floor the mode is.
+fn floor_gap(ns: f64, counter_ns: f64, limit: f64, floor: Config, floor_ns: f64) -> String {
+    let reach = if floor_ns / counter_ns > limit {
+        "out of reach here"
+    } else {
+        "within reach"
+    };
+    format!(
+        "; its floor program (`{}`) costs {} ns here, {:.2}× the counter, so the target is {reach}; the mode costs {:.2}× its floor",
+        floor.key(),
+        thousands(floor_ns),
+        floor_ns / counter_ns,
+        ns / floor_ns
+    )
 }
 
 /// Modes with (lost, events): met when every mode reports 0 lost.
@@ -1417,6 +1429,18 @@ mod tests {
         assert_eq!(thousands(1234567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(-1000.0), "-1,000");
+    }
+
+    #[test]
+    fn a_floor_above_the_target_puts_it_out_of_reach() {
+        let out = floor_gap(300.0, 200.0, 1.0, Config::FloorEntry, 240.0);
+        assert!(
+            out.contains("1.20× the counter, so the target is out of reach here"),
+            "{out}"
+        );
+        assert!(out.contains("the mode costs 1.25× its floor"), "{out}");
+        let within = floor_gap(300.0, 200.0, 1.5, Config::FloorEntry, 240.0);
+        assert!(within.contains("so the target is within reach"), "{within}");
     }
 
     #[test]
