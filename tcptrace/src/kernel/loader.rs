@@ -271,6 +271,11 @@ fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow
     // The moved-record programs serve both accept exits: loaded once.
     if p.fd().is_err() {
         p.load().map_err(|e| verifier_error(program, &e))?;
+        // How close the verifier came to its limit (1,000,000 instructions,
+        // and minutes on a slow machine long before): kernels >= 5.16 say.
+        if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
+            log::debug!("{program}: the verifier checked {n} instructions");
+        }
     }
     p.attach(group, name).map_err(|e| {
         paranoid_refusal(&e, group, name).unwrap_or_else(|| {
