@@ -120,8 +120,7 @@ pub const fn starts_lifecycle(old: u8, new: u8) -> bool {
 /// which LLVM made a call to a byte-loop `memset` on BPF (some 200
 /// instructions per transition of `hist` and `serve`). The slots past `len`
 /// hold copies of real values and are never read. The values are pushed in
-/// branches, so the verifier knows `len` on each path (computed from flags,
-/// it did not, and 5.10's verifier ran out of time on `serve`'s program).
+/// branches, so the verifier knows `len` on each path.
 #[inline(always)]
 pub fn measure(prev: Option<&SockEntry>, old: u8, new: u8, now: u64) -> Measured {
     // An entry in another state means we missed a transition: its times are stale.

@@ -95,11 +95,7 @@ pub fn row(series: &str, version: String, selected: &[TestBinary], console: Cons
             p
         }
     });
-    let boot = console
-        .facts
-        .iter()
-        .find_map(|f| f.strip_prefix(BOOTED))
-        .and_then(|s| s.trim().parse().ok());
+    let boot = fact(&console.facts, BOOTED).and_then(|s| s.parse().ok());
     Row {
         series: series.to_owned(),
         debian: String::new(),
@@ -193,11 +189,11 @@ const VIEWS: [&str; 4] = ["watch", "leaks", "hist", "serve"];
 
 /// Whether each view's program attached, and in how long: "yes: watch
 /// 2.9 s, ...", or which did not.
-fn attaches<'a>(fact: &dyn Fn(&str) -> Option<&'a str>) -> String {
+fn attaches(facts: &[String]) -> String {
     let mut took = Vec::new();
     let mut failed = Vec::new();
     for view in VIEWS {
-        match fact(&format!("tcptrace {view} attaches: ")) {
+        match fact(facts, &format!("tcptrace {view} attaches: ")) {
             // "yes ('watch --duration 1' took 2.94 s)", "yes (in 5.09 s)"
             Some(f) if f.starts_with("yes") => {
                 let secs = f
@@ -220,6 +216,14 @@ fn attaches<'a>(fact: &dyn Fn(&str) -> Option<&'a str>) -> String {
     }
 }
 
+/// The fact starting with `prefix`, without it.
+fn fact<'a>(facts: &'a [String], prefix: &str) -> Option<&'a str> {
+    facts
+        .iter()
+        .find_map(|f| f.strip_prefix(prefix))
+        .map(str::trim)
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
@@ -237,13 +241,7 @@ pub fn support_table(rows: &[Row], about: &str) -> String {
     out.push_str("| Debian | kernel | programs attach (under TCG) | watch | leaks | hist | serve | `--stacks` caller of `connect()` | non-root, documented capabilities | tests passed |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for r in rows {
-        let fact = |prefix: &str| {
-            r.facts
-                .iter()
-                .find_map(|f| f.strip_prefix(prefix))
-                .map(str::trim)
-        };
-        let loads = attaches(&fact);
+        let loads = attaches(&r.facts);
         let module = |m: &str| {
             let tests: Vec<bool> = r
                 .verdicts
@@ -258,7 +256,7 @@ pub fn support_table(rows: &[Row], about: &str) -> String {
                 n => format!("**{ok}/{n}**"),
             }
         };
-        let stacks = match fact("stacks caller: ") {
+        let stacks = match fact(&r.facts, "stacks caller: ") {
             Some(f) if f.starts_with("yes") => "yes".to_owned(),
             Some(_) => "no: the caller may be missing (`bpf_task_pt_regs` needs 5.15)".to_owned(),
             None => "-".to_owned(),
@@ -345,13 +343,7 @@ mod tests {
     use super::*;
 
     fn cell(facts: &[&str]) -> String {
-        let fact = |prefix: &str| {
-            facts
-                .iter()
-                .find_map(|f| f.strip_prefix(prefix))
-                .map(str::trim)
-        };
-        attaches(&fact)
+        attaches(&facts.iter().map(|f| f.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
