@@ -61,7 +61,7 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
         }
     }
     if streams {
-        stream::emit(t, cfg, &who, &learnt);
+        stream::emit(t, cfg, &who, &learnt, now);
     }
     // SAFETY (both arms): `entry` came from owner::entry; TCP serialises a
     // socket's transitions, and another socket taking the entry meanwhile
