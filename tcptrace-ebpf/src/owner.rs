@@ -111,7 +111,8 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
     if !state.entered_in_process_context() && !closes_listener {
         return Learnt::NONE;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if tgid == 0 {
         return Learnt::NONE;
     }
@@ -121,7 +122,7 @@ pub fn learn(t: &Transition, cfg: &Config, comm: bool) -> Learnt {
         load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS;
     let named = comm || by_comm || group_by_process;
     let name = if named {
-        kernel::process_comm(&cfg.layout)
+        kernel::process_comm(&cfg.layout, kernel::is_leader(pid_tgid))
     } else {
         CommBuf::EMPTY
     };
@@ -237,14 +238,15 @@ pub fn resolve(
 /// `accept()` returned `sk`: it is held by the calling process.
 #[inline(always)]
 pub fn accepted(sk: u64, cfg: &Config) {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let f = &cfg.filter;
     let by_comm = load(&f.has_comm) != 0;
     let group_by_process =
         load(&cfg.mode) == MODE_AGGREGATE && load(&cfg.aggregate.group_by) == GROUP_PROCESS;
     // No name unless needed, and none zeroed: see `kernel::process_comm`.
     let comm_passes = if by_comm || group_by_process {
-        let comm = kernel::process_comm(&cfg.layout);
+        let comm = kernel::process_comm(&cfg.layout, kernel::is_leader(pid_tgid));
         if group_by_process {
             remember_comm(tgid, &comm);
         }
