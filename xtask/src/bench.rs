@@ -418,6 +418,11 @@ fn run_rounds_and_profiles(
     }
     eprintln!("bench: load: {}", load.describe());
 
+    // The builds just before (tcptrace, --before's tree, the floors) leave
+    // hundreds of MiB of dirty pages; written back in the background, they
+    // take CPU from the first round. Written now, before the warm-up.
+    // SAFETY: takes no arguments, cannot fail.
+    unsafe { libc::sync() };
     eprintln!("bench: warm-up run ({secs} s, not counted)");
     let warm = load.run(secs)?;
     eprintln!(
