@@ -38,8 +38,8 @@ use tcptrace_common::{
 /// tcptrace's default `--max-sockets`, its table's size.
 const ENTRIES_MAX: u32 = 262_144;
 const SETS: u32 = ENTRIES_MAX / SOCKET_WAYS;
-/// tcptrace's wake-up threshold (64 KiB pending).
-const WAKEUP_BYTES: u64 = 64 * 1024;
+/// tcptrace's wake-up threshold: a quarter of its default ring pending.
+const WAKEUP_BYTES: u64 = DEFAULT_RING_BYTES as u64 / 4;
 const RECORD_BYTES: u64 = size_of::<StateEvent>() as u64 + 8;
 const CLOSE: u8 = TcpState::Close as u8;
 const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;

@@ -63,7 +63,8 @@ pub fn run(name: &str, object: &Path) -> Result<()> {
     program.attach("sock", "inet_sock_set_state")?;
     let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
     println!("attached");
-    // Drain as tcptrace does: woken by the program past 64 KiB, and every 50 ms.
+    // Drain as tcptrace does: woken by the program once a quarter of the ring
+    // is pending, and every 50 ms.
     let fd = ring.as_raw_fd();
     loop {
         let mut poll = libc::pollfd {
