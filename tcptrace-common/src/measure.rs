@@ -63,7 +63,10 @@ pub const fn log2_bucket(v: u64) -> u8 {
 /// progress afterwards with when it began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Measured {
-    kinds: [u8; 3],
+    /// The values' kinds, a byte each: one word, because LLVM merges three
+    /// byte stores of one value into a `memset` call on BPF (seen in
+    /// `hist`'s program as a BPF-to-BPF call per transition).
+    kinds: u32,
     ns: [u64; 3],
     len: usize,
     pub handshake: u8,
@@ -77,18 +80,28 @@ impl Measured {
     pub fn values(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
         (0..3)
             .filter(|i| *i < self.len)
-            .map(|i| (self.kinds[i], self.ns[i]))
+            .map(|i| ((self.kinds >> (8 * i)) as u8, self.ns[i]))
     }
 
     /// Constant indices: with a variable one, LLVM may turn the stack
     /// address arithmetic into an `or`, which the verifier refuses on a pointer.
     fn push(&mut self, kind: u8, ns: u64) {
-        match self.len {
-            0 => (self.kinds[0], self.ns[0]) = (kind, ns),
-            1 => (self.kinds[1], self.ns[1]) = (kind, ns),
-            2 => (self.kinds[2], self.ns[2]) = (kind, ns),
+        let shift = match self.len {
+            0 => {
+                self.ns[0] = ns;
+                0
+            }
+            1 => {
+                self.ns[1] = ns;
+                8
+            }
+            2 => {
+                self.ns[2] = ns;
+                16
+            }
             _ => return,
-        }
+        };
+        self.kinds = self.kinds & !(0xff << shift) | u32::from(kind) << shift;
         self.len += 1;
     }
 }
@@ -141,7 +154,7 @@ pub fn measure(prev: Option<&SockEntry>, old: u8, new: u8, now: u64) -> Measured
         _ => (HS_NONE, 0),
     };
     let mut m = Measured {
-        kinds: [old; 3],
+        kinds: u32::from(old) * 0x0001_0101,
         ns: [now; 3],
         len: 0,
         handshake,

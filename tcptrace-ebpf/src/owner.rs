@@ -261,18 +261,26 @@ pub fn accepted(sk: u64, cfg: &Config) {
     // SAFETY: an array value, valid while the program runs; TCP serialises
     // a socket's changes, and a racing writer costs one stale owner at most.
     unsafe {
-        if !found {
+        if found {
+            (*entry).owner = tgid;
+            (*entry).owner_source = OwnerSource::Holder as u8;
+            (*entry).owner_passes = u8::from(passes);
+        } else {
             // Not seen since it was created: its times are unknown (state 0).
+            // Every field named: `..SockEntry::FREE` left a 16-byte fill,
+            // a call to a byte-loop memset.
             make_room(entry);
             *entry = SockEntry {
                 skaddr: sk,
                 entered_ns: bpf_ktime_get_ns(),
-                ..SockEntry::FREE
+                handshake_ns: 0,
+                owner: tgid,
+                state: 0,
+                handshake: tcptrace_common::HS_NONE,
+                owner_source: OwnerSource::Holder as u8,
+                owner_passes: u8::from(passes),
             };
         }
-        (*entry).owner = tgid;
-        (*entry).owner_source = OwnerSource::Holder as u8;
-        (*entry).owner_passes = u8::from(passes);
     }
 }
 

@@ -458,3 +458,89 @@ fn every_views_program_verifies_within_a_tenth_of_the_verifiers_limit() {
         }
     }
 }
+
+/// A program's signature line in bpftool's dump, and the functions it calls
+/// (BPF-to-BPF calls, not helpers).
+type SubprogramCalls = (String, Vec<String>);
+
+/// The programs the tracer `pid` holds, from its /proc/PID/fdinfo and
+/// bpftool's dump.
+fn subprogram_calls(pid: u32) -> Vec<SubprogramCalls> {
+    let ids: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .map(|id| id.trim().to_owned())
+        })
+        .collect();
+    ids.iter()
+        .map(|id| {
+            let out = Command::new("bpftool")
+                .args(["prog", "dump", "xlated", "id", id])
+                .output()
+                .expect("bpftool");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success() && !text.is_empty(),
+                "bpftool: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let name = text.lines().next().unwrap_or_default().to_owned();
+            let calls = text
+                .lines()
+                .filter(|l| l.contains("call pc"))
+                .filter_map(|l| l.rsplit_once('#').map(|(_, callee)| callee.to_owned()))
+                .collect();
+            (name, calls)
+        })
+        .collect()
+}
+
+/// LLVM turns a fill or copy it cannot unroll into a call to the byte-loop
+/// `memset`/`memcpy` of compiler-builtins: a BPF-to-BPF call and a byte per
+/// iteration on the hot path (hist's `Measured` and the accept exit's
+/// entry each made one, seen in `bpftool prog dump xlated`). No view's
+/// program may call one.
+#[test]
+fn no_views_program_calls_a_byte_loop_memset_or_memcpy() {
+    let views: [&[&str]; 5] = [
+        &["watch"],
+        &["watch", "--stacks"],
+        &["leaks"],
+        &["hist"],
+        &["hist", "--by", "process"],
+    ];
+    let mut found: Vec<(String, Vec<SubprogramCalls>)> = views
+        .iter()
+        .map(|args| {
+            let run = start(args);
+            let calls = subprogram_calls(run.pid());
+            run.stop();
+            (args.join(" "), calls)
+        })
+        .collect();
+    let serve = Serve::start(&[]);
+    found.push(("serve".to_owned(), subprogram_calls(serve.child.id())));
+    drop(serve);
+    for (view, programs) in found {
+        assert!(
+            programs
+                .iter()
+                .any(|(p, _)| p.contains("inet_sock_set_state")),
+            "{view}: no state-change program among {programs:?}"
+        );
+        for (program, calls) in programs {
+            let loops: Vec<&String> = calls
+                .iter()
+                .filter(|c| {
+                    ["memset", "memcpy", "memmove"]
+                        .iter()
+                        .any(|m| c.ends_with(m))
+                })
+                .collect();
+            assert!(loops.is_empty(), "{view}: {program} calls {loops:?}");
+        }
+    }
+}
