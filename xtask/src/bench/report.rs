@@ -140,12 +140,19 @@ fn min_max(v: &[f64]) -> Option<(f64, f64)> {
     Some((min, max))
 }
 
-/// Each traced run over the mean of the untraced runs just before and after it.
-pub fn run_ratios(runs: &[RunRecord]) -> Vec<Option<f64>> {
+/// The untraced rates just before and after run `i`.
+fn neighbours(runs: &[RunRecord], i: usize) -> Vec<f64> {
     let base = |i: usize| match (&runs[i].config, &runs[i].outcome) {
         (Config::Baseline, Ok(m)) => Some(m.conns),
         _ => None,
     };
+    let prev = (0..i).rev().find_map(base);
+    let next = (i + 1..runs.len()).find_map(base);
+    prev.into_iter().chain(next).collect()
+}
+
+/// Each traced run over the mean of the untraced runs just before and after it.
+pub fn run_ratios(runs: &[RunRecord]) -> Vec<Option<f64>> {
     (0..runs.len())
         .map(|i| {
             let Ok(m) = &runs[i].outcome else {
@@ -154,25 +161,67 @@ pub fn run_ratios(runs: &[RunRecord]) -> Vec<Option<f64>> {
             if runs[i].config == Config::Baseline {
                 return None;
             }
-            let prev = (0..i).rev().find_map(base);
-            let next = (i + 1..runs.len()).find_map(base);
-            let neighbours: Vec<f64> = prev.into_iter().chain(next).collect();
+            let neighbours = neighbours(runs, i);
             let mean = neighbours.iter().sum::<f64>() / neighbours.len() as f64;
             (!neighbours.is_empty() && mean > 0.0).then(|| m.conns / mean)
         })
         .collect()
 }
 
+/// How far apart the untraced runs around a traced run may be before the
+/// run is left out of its medians: past this, the host's own load moved
+/// during it (a shared VM: untraced runs 12,084 and 8,486 conns/s either
+/// side of one run were seen, where 10% apart is usual), and its ns/event
+/// and ratio measure the host as much as the tracer.
+pub const UNSTEADY_SPREAD: f64 = 0.20;
+
+/// For each run: the spread of the untraced runs around it (the larger over
+/// the smaller, less one) when it is over [`UNSTEADY_SPREAD`].
+pub fn unsteady(runs: &[RunRecord]) -> Vec<Option<f64>> {
+    (0..runs.len())
+        .map(|i| {
+            if runs[i].config == Config::Baseline {
+                return None;
+            }
+            let n = neighbours(runs, i);
+            let (lo, hi) = n
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            let spread = (n.len() == 2 && lo > 0.0).then(|| hi / lo - 1.0)?;
+            (spread > UNSTEADY_SPREAD).then_some(spread)
+        })
+        .collect()
+}
+
+/// Runs kept in a configuration's medians: at least this many steady ones,
+/// else all of them (noted), since a median of one says little either way.
+const STEADY_RUNS_NEEDED: usize = 2;
+
 pub fn summarize(bench: &Bench) -> Vec<Summary> {
-    let ratios = run_ratios(&bench.runs);
-    bench
-        .configs
+    summarize_runs(
+        &bench.configs,
+        &bench.unavailable,
+        &bench.runs,
+        bench.secs,
+        bench.machine.cpus,
+    )
+}
+
+fn summarize_runs(
+    configs: &[Config],
+    unavailable: &[(Config, String)],
+    runs: &[RunRecord],
+    secs: u64,
+    cpus: usize,
+) -> Vec<Summary> {
+    let ratios = run_ratios(runs);
+    let unsteady = unsteady(runs);
+    configs
         .iter()
         .map(|&config| {
             let mut s = Summary {
                 config,
-                unavailable: bench
-                    .unavailable
+                unavailable: unavailable
                     .iter()
                     .find(|(c, _)| *c == config)
                     .map(|(_, why)| why.clone()),
@@ -187,26 +236,23 @@ pub fn summarize(bench: &Bench) -> Vec<Summary> {
                 rss_kib: None,
                 notes: Vec::new(),
             };
-            for (run, ratio) in bench.runs.iter().zip(&ratios) {
+            let steady = runs
+                .iter()
+                .zip(&unsteady)
+                .filter(|(r, u)| r.config == config && r.outcome.is_ok() && u.is_none())
+                .count();
+            let leave_out = steady >= STEADY_RUNS_NEEDED;
+            for ((run, ratio), shift) in runs.iter().zip(&ratios).zip(&unsteady) {
                 if run.config != config {
                     continue;
                 }
                 match &run.outcome {
                     Err(e) => s.failures.push(format!("round {}: {e}", run.round)),
                     Ok(m) => {
-                        s.conns.push(m.conns);
-                        s.ratios.extend(*ratio);
+                        // Lost and seen events, memory and notes count
+                        // whatever the host did.
                         if let Some(k) = &m.kernel {
-                            s.kernel_ns.push(k.ns_per_event);
                             s.events += k.events;
-                        }
-                        s.cpu_us.extend(m.cpu_us_per_event);
-                        if let Some(k) = &m.kernel {
-                            let ns = k.events as f64
-                                * (k.ns_per_event + m.cpu_us_per_event.unwrap_or(0.0) * 1e3);
-                            let machine =
-                                bench.secs as f64 * 1e9 * bench.machine.cpus.max(1) as f64;
-                            s.cpu_share.push(ns / machine);
                         }
                         if let Some(l) = m.lost {
                             s.lost = Some(s.lost.unwrap_or(0) + l);
@@ -219,6 +265,36 @@ pub fn summarize(bench: &Bench) -> Vec<Summary> {
                         }
                         if let Some(e) = &m.load_errors {
                             s.notes.push(format!("round {}: load: {e}", run.round));
+                        }
+                        if let Some(spread) = shift {
+                            s.notes.push(if leave_out {
+                                format!(
+                                    "round {}: left out of the medians: the untraced runs around it are {:.0}% apart (the host's load moved)",
+                                    run.round,
+                                    spread * 100.0
+                                )
+                            } else {
+                                format!(
+                                    "round {}: the untraced runs around it are {:.0}% apart (the host's load moved), kept: fewer than {STEADY_RUNS_NEEDED} steady runs",
+                                    run.round,
+                                    spread * 100.0
+                                )
+                            });
+                            if leave_out {
+                                continue;
+                            }
+                        }
+                        s.conns.push(m.conns);
+                        s.ratios.extend(*ratio);
+                        if let Some(k) = &m.kernel {
+                            s.kernel_ns.push(k.ns_per_event);
+                        }
+                        s.cpu_us.extend(m.cpu_us_per_event);
+                        if let Some(k) = &m.kernel {
+                            let ns = k.events as f64
+                                * (k.ns_per_event + m.cpu_us_per_event.unwrap_or(0.0) * 1e3);
+                            let machine = secs as f64 * 1e9 * cpus.max(1) as f64;
+                            s.cpu_share.push(ns / machine);
                         }
                     }
                 }
@@ -608,7 +684,28 @@ fn counter_targets(bench: &Bench, summaries: &[Summary], out: &mut Vec<Target>) 
             } else {
                 let mut gap = format!("+{:.2}×", x - limit);
                 if let Some(f) = floor(floor_config) {
-                    gap += &floor_gap(ns, counter_ns, limit, floor_config, f);
+                    // watch holds the accept exits' program too, and its
+                    // ns/event counts that program's time: so does its floor.
+                    let accept = matches!(config, Config::Watch | Config::WatchJson)
+                        .then(|| Some(floor(Config::FloorAcceptWalk)? - floor(Config::FloorEmpty)?))
+                        .flatten()
+                        .filter(|a| *a > 0.0);
+                    gap += &floor_gap(
+                        ns,
+                        counter_ns,
+                        limit,
+                        floor_config,
+                        f + accept.unwrap_or(0.0),
+                    );
+                    if let Some(a) = accept {
+                        gap += &format!(
+                            " (`{}` plus the accept exit's walk, {} ns: `{}` over `{}`)",
+                            floor_config.key(),
+                            thousands(a),
+                            Config::FloorAcceptWalk.key(),
+                            Config::FloorEmpty.key()
+                        );
+                    }
                 }
                 gap
             },
@@ -662,7 +759,7 @@ fn floor_gap(ns: f64, counter_ns: f64, limit: f64, floor: Config, floor_ns: f64)
         "within reach"
     };
     format!(
-        "; its floor program (`{}`) costs {} ns here, {:.2}× the counter, so the target is {reach}; the mode costs {:.2}× its floor",
+        "; its floor (`{}`) costs {} ns here, {:.2}× the counter, so the target is {reach}; the mode costs {:.2}× its floor",
         floor.key(),
         thousands(floor_ns),
         floor_ns / counter_ns,
@@ -1197,8 +1294,10 @@ fn method_and_results(r: &mut String, bench: &Bench, summaries: &[Summary]) {
     }
     let _ = writeln!(
         r,
-        "- {} round(s) of {} s per run after a discarded warm-up run. Each round runs every configuration once between two untraced runs (untraced, A, untraced, B, …, untraced), in an order rotated by one each round. conns/s: median (min–max) over the rounds. vs untraced: each traced run divided by the mean of the untraced runs just before and after it; the median of those ratios.",
-        bench.rounds, bench.secs
+        "- {} round(s) of {} s per run after a discarded warm-up run. Each round runs every configuration once between two untraced runs (untraced, A, untraced, B, …, untraced), in an order rotated by one each round. conns/s: median (min–max) over the rounds. vs untraced: each traced run divided by the mean of the untraced runs just before and after it; the median of those ratios. A run whose two untraced neighbours are more than {:.0}% apart (the host's own load moved during it, on a shared VM) is left out of its configuration's medians when at least {STEADY_RUNS_NEEDED} steady runs remain, and named under the table; its lost events, events and memory still count, and every run is listed under Every run.",
+        bench.rounds,
+        bench.secs,
+        UNSTEADY_SPREAD * 100.0
     );
     let _ = writeln!(
         r,
@@ -1530,5 +1629,50 @@ mod tests {
         assert_eq!(r[0], None);
         assert_eq!(r[1], Some(0.5));
         assert_eq!(r[3], Some(0.5));
+    }
+
+    #[test]
+    fn a_run_the_host_moved_under_is_left_out_of_the_medians_not_its_losses() {
+        let run = |round, config, conns, ns, lost| RunRecord {
+            round,
+            config,
+            outcome: Ok(Measured {
+                conns,
+                kernel: (config != Config::Baseline).then_some(KernelCost {
+                    ns_per_event: ns,
+                    events: 1000,
+                }),
+                lost,
+                ..Measured::default()
+            }),
+        };
+        let runs = vec![
+            run(1, Config::Baseline, 100.0, 0.0, None),
+            run(1, Config::Watch, 90.0, 300.0, Some(0)),
+            run(1, Config::Baseline, 104.0, 0.0, None),
+            // The host slowed down: 104 then 70 around this run.
+            run(2, Config::Watch, 50.0, 900.0, Some(3)),
+            run(2, Config::Baseline, 70.0, 0.0, None),
+            run(3, Config::Watch, 63.0, 310.0, Some(0)),
+            run(3, Config::Baseline, 72.0, 0.0, None),
+        ];
+        assert_eq!(unsteady(&runs)[1], None);
+        assert!(unsteady(&runs)[3].is_some_and(|s| (s - 104.0 / 70.0 + 1.0).abs() < 1e-9));
+        let configs = [Config::Baseline, Config::Watch];
+        let watch = summarize_runs(&configs, &[], &runs, 5, 2).remove(1);
+        assert_eq!(watch.kernel_ns, vec![300.0, 310.0]);
+        assert_eq!(watch.lost, Some(3));
+        assert_eq!(watch.events, 3000);
+        assert!(
+            watch
+                .notes
+                .iter()
+                .any(|n| n.starts_with("round 2: left out")),
+            "{:?}",
+            watch.notes
+        );
+        // With fewer than two steady runs, all stay in.
+        let few = summarize_runs(&configs, &[], &runs[..5], 5, 2).remove(1);
+        assert_eq!(few.kernel_ns, vec![300.0, 900.0]);
     }
 }
