@@ -46,8 +46,10 @@ const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+/// Mmapable, as tcptrace's `SOCKETS`: for its page-aligned values.
 #[map]
-static ENTRIES: Array<SockEntry> = Array::with_max_entries(ENTRIES_MAX, 0);
+static ENTRIES: Array<SockEntry> =
+    Array::with_max_entries(ENTRIES_MAX, aya_ebpf::bindings::BPF_F_MMAPABLE);
 #[map]
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(64, 0);
 
