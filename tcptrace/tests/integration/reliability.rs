@@ -80,23 +80,6 @@ fn a_full_ring_buffer_is_counted_exactly_and_the_tracer_recovers() {
     );
 }
 
-/// The BPF objects a process holds, from its fdinfo.
-fn bpf_ids(pid: u32, key: &str) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in text.lines() {
-            if let Some(v) = line.strip_prefix(key) {
-                ids.insert(v.trim().parse().unwrap());
-            }
-        }
-    }
-    ids
-}
-
 fn bpftool_ids(what: &str) -> BTreeSet<u32> {
     let out = Command::new("bpftool")
         .args([what, "show", "-j"])
@@ -415,6 +398,17 @@ fn verified_counts(stderr: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Each view's arguments (serve aside, which needs a port of its own): each
+/// configures the kernel program differently.
+const VIEWS: [&[&str]; 6] = [
+    &["watch"],
+    &["watch", "--stacks"],
+    &["leaks"],
+    &["hist"],
+    &["hist", "--by", "process"],
+    &["hist", "--by", "raddr", "--state", "CLOSE_WAIT"],
+];
+
 /// A tenth of the verifier's limit. Each view configures the program
 /// differently, and the paths the verifier must follow multiply with every
 /// branch on a value it must keep precise: serve's took 398,000 once, which
@@ -427,15 +421,7 @@ fn every_views_program_verifies_within_a_tenth_of_the_verifiers_limit() {
         kernel_version() >= (5, 16),
         "the verified instruction count needs Linux 5.16 (the kernel matrix times the views' attaches instead)"
     );
-    let views: [&[&str]; 6] = [
-        &["watch"],
-        &["watch", "--stacks"],
-        &["leaks"],
-        &["hist"],
-        &["hist", "--by", "process"],
-        &["hist", "--by", "raddr", "--state", "CLOSE_WAIT"],
-    ];
-    let mut reports: Vec<(String, String)> = views
+    let mut reports: Vec<(String, String)> = VIEWS
         .iter()
         .map(|args| {
             let fin = start(&[*args, &["-v"]].concat()).stop();
@@ -466,19 +452,11 @@ type SubprogramCalls = (String, Vec<String>);
 /// The programs the tracer `pid` holds, from its /proc/PID/fdinfo and
 /// bpftool's dump.
 fn subprogram_calls(pid: u32) -> Vec<SubprogramCalls> {
-    let ids: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .map(|id| id.trim().to_owned())
-        })
-        .collect();
-    ids.iter()
+    bpf_ids(pid, "prog_id:")
+        .into_iter()
         .map(|id| {
             let out = Command::new("bpftool")
-                .args(["prog", "dump", "xlated", "id", id])
+                .args(["prog", "dump", "xlated", "id", &id.to_string()])
                 .output()
                 .expect("bpftool");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -505,14 +483,7 @@ fn subprogram_calls(pid: u32) -> Vec<SubprogramCalls> {
 /// program may call one.
 #[test]
 fn no_views_program_calls_a_byte_loop_memset_or_memcpy() {
-    let views: [&[&str]; 5] = [
-        &["watch"],
-        &["watch", "--stacks"],
-        &["leaks"],
-        &["hist"],
-        &["hist", "--by", "process"],
-    ];
-    let mut found: Vec<(String, Vec<SubprogramCalls>)> = views
+    let mut found: Vec<(String, Vec<SubprogramCalls>)> = VIEWS
         .iter()
         .map(|args| {
             let run = start(args);

@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Running, start};
+use crate::common::{Running, bpf_ids, start};
 
 const SOURCES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -475,15 +475,7 @@ fn map_entries(pid: u32, name: &str) -> (u64, usize) {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let ids = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
-                .map(|id| id.trim().to_owned())
-        });
-    for id in ids {
+    for id in bpf_ids(pid, "map_id:").into_iter().map(|id| id.to_string()) {
         let map = bpftool(&["map", "show", "id", &id, "-j"]);
         if map["name"] == name {
             let dump = bpftool(&["map", "dump", "id", &id, "-j"]);

@@ -183,11 +183,11 @@ pub fn unsteady(runs: &[RunRecord]) -> Vec<Option<f64>> {
             if runs[i].config == Config::Baseline {
                 return None;
             }
-            let n = neighbours(runs, i);
-            let (lo, hi) = n
-                .iter()
-                .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-            let spread = (n.len() == 2 && lo > 0.0).then(|| hi / lo - 1.0)?;
+            let &[a, b] = neighbours(runs, i).as_slice() else {
+                return None;
+            };
+            let (lo, hi) = (a.min(b), a.max(b));
+            let spread = (lo > 0.0).then(|| hi / lo - 1.0)?;
             (spread > UNSTEADY_SPREAD).then_some(spread)
         })
         .collect()
@@ -286,11 +286,9 @@ fn summarize_runs(
                         }
                         s.conns.push(m.conns);
                         s.ratios.extend(*ratio);
-                        if let Some(k) = &m.kernel {
-                            s.kernel_ns.push(k.ns_per_event);
-                        }
                         s.cpu_us.extend(m.cpu_us_per_event);
                         if let Some(k) = &m.kernel {
+                            s.kernel_ns.push(k.ns_per_event);
                             let ns = k.events as f64
                                 * (k.ns_per_event + m.cpu_us_per_event.unwrap_or(0.0) * 1e3);
                             let machine = secs as f64 * 1e9 * cpus.max(1) as f64;

@@ -817,3 +817,21 @@ pub fn http(addr: &str, method: &str, path: &str, version: &str) -> Response {
         body: body.to_owned(),
     }
 }
+
+/// The ids of the BPF objects (`key`: `prog_id:`, `map_id:`, `link_id:`)
+/// process `pid` holds, from its fdinfo.
+pub fn bpf_ids(pid: u32, key: &str) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix(key) {
+                ids.insert(v.trim().parse().unwrap());
+            }
+        }
+    }
+    ids
+}
