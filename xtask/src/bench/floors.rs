@@ -61,21 +61,43 @@ pub fn run(name: &str, object: &Path) -> Result<()> {
         .with_context(|| format!("the verifier refused {name}"))?;
     // Attached while `ebpf` lives: until this process is killed.
     program.attach("sock", "inet_sock_set_state")?;
-    let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
+    // Every ring the object has (`EVENTS`, and `floor_ring_cpu`'s one per
+    // CPU): a ring no program writes to stays empty.
+    let names: Vec<String> = ebpf
+        .maps()
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| name.starts_with("EVENTS"))
+        .collect();
+    let mut rings = names
+        .iter()
+        .map(|name| {
+            let map = ebpf
+                .take_map(name)
+                .with_context(|| format!("no {name} map"))?;
+            Ok(RingBuf::try_from(map)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if rings.is_empty() {
+        bail!("no EVENTS map in {}", object.display());
+    }
     println!("attached");
-    // Drain as tcptrace does: woken by the program once a quarter of the ring
+    // Drain as tcptrace does: woken by the program once a quarter of a ring
     // is pending, and every 50 ms.
-    let fd = ring.as_raw_fd();
-    loop {
-        let mut poll = libc::pollfd {
-            fd,
+    let mut polls: Vec<libc::pollfd> = rings
+        .iter()
+        .map(|ring| libc::pollfd {
+            fd: ring.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut poll, 1, 50) };
-        while let Some(record) = ring.next() {
-            std::hint::black_box(&*record);
+        })
+        .collect();
+    loop {
+        // SAFETY: valid pollfds for the duration of the call.
+        unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 50) };
+        for ring in &mut rings {
+            while let Some(record) = ring.next() {
+                std::hint::black_box(&*record);
+            }
         }
     }
 }

@@ -34,7 +34,7 @@ pub enum Floor {
 /// on this machine. The bpftrace ones' `if` keeps bpftrace from dropping
 /// the work; its branch never runs. The own ones do what a tcptrace mode
 /// cannot avoid, the way tcptrace does it.
-pub const FLOOR_PROGRAMS: [(Config, &str, Floor); 11] = [
+pub const FLOOR_PROGRAMS: [(Config, &str, Floor); 12] = [
     (
         Config::FloorEmpty,
         "nothing (an empty program)",
@@ -86,6 +86,11 @@ pub const FLOOR_PROGRAMS: [(Config, &str, Floor); 11] = [
         Floor::Own("floor_ring"),
     ),
     (
+        Config::FloorRingPerCpu,
+        "the same record in a ring of its CPU's own (`floor_ring`'s work without one shared ring's cross-CPU traffic: not how tcptrace writes today)",
+        Floor::Own("floor_ring_cpu"),
+    ),
+    (
         Config::FloorStream,
         "`watch`'s least in the program: the socket's entry, the task's pid and name in process context, a record per transition",
         Floor::Own("floor_stream"),
@@ -132,6 +137,7 @@ pub enum Config {
     FloorAcceptWalk,
     FloorEntry,
     FloorRing,
+    FloorRingPerCpu,
     FloorStream,
     FloorCloseWait,
     FloorServe,
@@ -182,6 +188,7 @@ impl Config {
             Config::FloorAcceptWalk => "floor-accept-walk",
             Config::FloorEntry => "floor-entry",
             Config::FloorRing => "floor-ring",
+            Config::FloorRingPerCpu => "floor-ring-per-cpu",
             Config::FloorStream => "floor-stream",
             Config::FloorCloseWait => "floor-close-wait",
             Config::FloorServe => "floor-serve",
