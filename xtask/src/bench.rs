@@ -670,11 +670,13 @@ fn measure(
     secs: u64,
 ) -> Result<(Measured, Vec<String>)> {
     if config == Config::Baseline {
+        let idle_from = sys::machine_ticks();
         let run = load.run(secs)?;
         return Ok((
             Measured {
                 conns: run.conns_per_sec,
                 load_errors: run.errors,
+                idle: idle_share(idle_from, sys::machine_ticks()),
                 ..Measured::default()
             },
             Vec::new(),
@@ -683,7 +685,15 @@ fn measure(
     let tracer = tracers::start(tools, config, poker)?;
     let pid = tracer.pid();
     let before = Snapshot::take(pid);
+    let (idle_from, woken_from, started) =
+        (sys::machine_ticks(), sys::wakeups(pid), Instant::now());
     let run = load.run(secs);
+    let (idle, woken) = (
+        idle_share(idle_from, sys::machine_ticks()),
+        woken_from.zip(sys::wakeups(pid)),
+    );
+    let wakeups_per_sec =
+        woken.map(|(from, to)| to.saturating_sub(from) as f64 / started.elapsed().as_secs_f64());
     tracers::settle(pid, Duration::from_secs(10));
     let after = Snapshot::take(pid);
     let hwm = sys::status_kib(pid, "VmHWM");
@@ -739,9 +749,18 @@ fn measure(
             peak_rss_kib: hwm,
             note: (!notes.is_empty()).then(|| notes.join("; ")),
             kernel,
+            idle,
+            wakeups_per_sec,
         },
         names,
     ))
+}
+
+/// The machine's idle share of its CPU time between two `machine_ticks`.
+fn idle_share(from: Option<(u64, u64)>, to: Option<(u64, u64)>) -> Option<f64> {
+    let ((idle0, total0), (idle1, total1)) = (from?, to?);
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(idle1.saturating_sub(idle0) as f64 / total as f64)
 }
 
 fn loadavg() -> String {

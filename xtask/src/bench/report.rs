@@ -52,6 +52,11 @@ pub struct Measured {
     pub lost: Option<u64>,
     pub peak_rss_kib: Option<u64>,
     pub note: Option<String>,
+    /// The machine's idle share of its CPU time during the load.
+    pub idle: Option<f64>,
+    /// The tracer's wake-ups per second during the load (its threads'
+    /// voluntary context switches).
+    pub wakeups_per_sec: Option<f64>,
 }
 
 pub struct RunRecord {
@@ -103,6 +108,10 @@ pub struct Summary {
     /// Each run: the tracer's kernel and process CPU time over the machine's
     /// CPU time during the load (a steadier cost than the throughput ratio).
     pub cpu_share: Vec<f64>,
+    /// Each run: the machine's idle share during the load.
+    pub idle: Vec<f64>,
+    /// Each run: the tracer's wake-ups per second.
+    pub wakeups: Vec<f64>,
     pub lost: Option<u64>,
     pub events: u64,
     pub rss_kib: Option<u64>,
@@ -231,6 +240,8 @@ fn summarize_runs(
                 kernel_ns: Vec::new(),
                 cpu_us: Vec::new(),
                 cpu_share: Vec::new(),
+                idle: Vec::new(),
+                wakeups: Vec::new(),
                 lost: None,
                 events: 0,
                 rss_kib: None,
@@ -287,6 +298,8 @@ fn summarize_runs(
                         s.conns.push(m.conns);
                         s.ratios.extend(*ratio);
                         s.cpu_us.extend(m.cpu_us_per_event);
+                        s.idle.extend(m.idle);
+                        s.wakeups.extend(m.wakeups_per_sec);
                         if let Some(k) = &m.kernel {
                             s.kernel_ns.push(k.ns_per_event);
                             let ns = k.events as f64
@@ -1057,11 +1070,12 @@ fn before_section(r: &mut String, commit: Option<&str>, summaries: &[Summary]) -
     let commit = commit?;
     let _ = writeln!(
         r,
-        "\n## Before the redesign\n\nEach mode as built at {commit} (`--before`), run in the same rounds as today's build, between the same untraced runs. A mode is slower when its median cost per event (kernel program and tracer process together) is over {:.0}% above before, or its median throughput ratio more than {:.0} points below, and every one of its runs is worse than every run from before (the figures spread that much between runs here). A part (kernel or tracer CPU) that rose that way while the whole did not is named beside the verdict.\n",
+        "\n## Before the redesign\n\nEach mode as built at {commit} (`--before`), run in the same rounds as today's build, between the same untraced runs. A mode is slower when its median cost per event (kernel program and tracer process together) is over {:.0}% above before, or its median throughput ratio more than {:.0} points below, and every one of its runs is worse than every run from before (the figures spread that much between runs here). A part (kernel or tracer CPU) that rose that way while the whole did not is named beside the verdict. Machine idle: the machine's idle share of its CPU time during the load (/proc/stat); tracer wake-ups: its threads' voluntary context switches per second. Where throughput fell at no higher cost per event with the machine at least {:.0} points more idle, the verdict says so: on a VM an idle vCPU halts and waking it takes a VM exit, so a tracer that wakes more often keeps the vCPUs awake and the load's own wake-ups quick.\n",
         (BEFORE_COST_SLACK - 1.0) * 100.0,
-        BEFORE_RATIO_SLACK * 100.0
+        BEFORE_RATIO_SLACK * 100.0,
+        WAITED_IDLE_POINTS * 100.0
     );
-    r.push_str("| mode | kernel ns/event: now / before | tracer CPU µs/event: now / before | cost ns/event: now / before | vs untraced: now / before | |\n|---|---:|---:|---:|---:|---|\n");
+    r.push_str("| mode | kernel ns/event: now / before | tracer CPU µs/event: now / before | cost ns/event: now / before | vs untraced: now / before | machine idle: now / before | tracer wake-ups/s: now / before | |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
     let mut slower = Vec::new();
     let mut parts_rose = Vec::new();
     let mut compared = 0;
@@ -1088,7 +1102,13 @@ fn before_section(r: &mut String, commit: Option<&str>, summaries: &[Summary]) -
         // Throughput falls: the same test on the negated ratios.
         let neg = |v: &[f64]| v.iter().map(|r| -r).collect::<Vec<_>>();
         if let Some(fall) = rose(&neg(&n.ratios), &neg(&b.ratios), 1.0, BEFORE_RATIO_SLACK) {
-            worse.push(format!("throughput -{:.1} points", fall * 100.0));
+            let mut fell = format!("throughput -{:.1} points", fall * 100.0);
+            if worse.is_empty()
+                && let Some(why) = waited(n, b)
+            {
+                let _ = write!(fell, " ({why})");
+            }
+            worse.push(fell);
         }
         let mut parts = Vec::new();
         if let Some(more) = rose(&n.kernel_ns, &b.kernel_ns, BEFORE_COST_SLACK, 0.0) {
@@ -1115,12 +1135,14 @@ fn before_section(r: &mut String, commit: Option<&str>, summaries: &[Summary]) -
         };
         let _ = writeln!(
             r,
-            "| `{}` | {} | {} | {} | {} | {verdict} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {verdict} |",
             now.key(),
             pair(&n.kernel_ns, &b.kernel_ns, &|v| thousands(v)),
             pair(&n.cpu_us, &b.cpu_us, &|v| format!("{v:.2}")),
             pair(&cost_n, &cost_b, &|v| thousands(v)),
             pair(&n.ratios, &b.ratios, &|v| format!("{v:.3}")),
+            pair(&n.idle, &b.idle, &|v| format!("{:.1}%", v * 100.0)),
+            pair(&n.wakeups, &b.wakeups, &|v| thousands(v)),
         );
     }
     let what = format!("no mode slower than before the redesign ({commit}), same run");
@@ -1142,6 +1164,35 @@ fn before_section(r: &mut String, commit: Option<&str>, summaries: &[Summary]) -
             gap,
         }
     })
+}
+
+/// How much more idle the machine must be, in medians, for a fall in
+/// throughput at no higher cost to be the load waiting.
+const WAITED_IDLE_POINTS: f64 = 0.02;
+
+/// Why a mode's throughput fell while its cost per event did not rise, if
+/// the machine was the more idle for it: the load waited rather than ran
+/// short of CPU. On a VM an idle vCPU halts, and waking it takes a VM exit,
+/// so a tracer that wakes more often (at a higher cost) keeps the vCPUs
+/// awake and the load's wake-ups quick; a cheaper one leaves them to halt.
+fn waited(now: &Summary, before: &Summary) -> Option<String> {
+    let (idle_n, idle_b) = (median(&now.idle)?, median(&before.idle)?);
+    if idle_n < idle_b + WAITED_IDLE_POINTS {
+        return None;
+    }
+    let mut why = format!(
+        "the machine {:.1} points more idle at no higher cost per event: the load waited, it was not short of CPU",
+        (idle_n - idle_b) * 100.0
+    );
+    if let (Some(w_n), Some(w_b)) = (median(&now.wakeups), median(&before.wakeups)) {
+        let _ = write!(
+            why,
+            "; the tracer woke {}/s against {}/s",
+            thousands(w_n),
+            thousands(w_b)
+        );
+    }
+    Some(why)
 }
 
 /// `## Network namespaces`: `leaks --once` over many namespaces, next to `ss` in each.
@@ -1585,6 +1636,8 @@ mod tests {
             kernel_ns: kernel_ns.to_vec(),
             cpu_us: vec![0.3; kernel_ns.len()],
             cpu_share: Vec::new(),
+            idle: vec![0.2; kernel_ns.len()],
+            wakeups: vec![100.0; kernel_ns.len()],
             lost: Some(0),
             events: 1,
             rss_kib: None,
@@ -1639,6 +1692,23 @@ mod tests {
         assert_eq!(t.met, Some(true), "{}", t.gap);
         // Nothing from before: no target row at all.
         assert!(before_section(&mut r, None, &all(&[200.0], &[0.9])).is_none());
+        // Throughput fell at no higher cost with the machine more idle:
+        // still slower, and said why.
+        let mut runs = all(&[200.0], &[0.85]);
+        for s in runs.iter_mut().filter(|s| s.config == Config::Hist) {
+            s.idle = vec![0.27];
+            s.wakeups = vec![80.0];
+        }
+        let t = before_section(&mut r, Some("4b96809"), &runs).unwrap();
+        assert_eq!(t.met, Some(false));
+        assert!(
+            t.gap.contains("`hist`: throughput -5.0 points (the machine 7.0 points more idle at no higher cost per event: the load waited, it was not short of CPU; the tracer woke 80/s against 100/s)"),
+            "{}",
+            t.gap
+        );
+        // As idle as before: no such reason.
+        let t = before_section(&mut r, Some("4b96809"), &all(&[200.0], &[0.85])).unwrap();
+        assert!(!t.gap.contains("waited"), "{}", t.gap);
     }
 
     #[test]

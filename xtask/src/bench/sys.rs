@@ -113,6 +113,44 @@ pub fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
 }
 
+/// The machine's idle and total CPU time so far, in clock ticks (the
+/// `cpu` line of /proc/stat; idle counts iowait, steal is left out of both).
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_ticks(stat.lines().next()?)
+}
+
+fn parse_machine_ticks(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal ...
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let (idle, steal) = (v.get(3)? + v.get(4)?, *v.get(7).unwrap_or(&0));
+    Some((idle, v.iter().sum::<u64>() - steal))
+}
+
+/// How often the threads of `pid` have gone to sleep and been woken
+/// (their voluntary context switches, summed).
+pub fn wakeups(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let status = fs::read_to_string(task.path().join("status")).ok()?;
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+    }
+    Some(total)
+}
+
 /// utime + stime of every thread of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -603,6 +641,13 @@ impl Drop for Helper {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn machine_ticks_count_iowait_as_idle_and_leave_steal_out() {
+        let line = "cpu  100 5 50 800 20 3 2 40 0 0";
+        assert_eq!(parse_machine_ticks(line), Some((820, 980)));
+        assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
+    }
+
     use super::*;
 
     #[test]
