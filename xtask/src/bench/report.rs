@@ -1473,11 +1473,7 @@ fn floor_section(r: &mut String, bench: &Bench, summaries: &[Summary]) {
     if bench.floors.is_empty() {
         return;
     }
-    let empty = bench
-        .floors
-        .iter()
-        .find(|(c, _)| *c == Config::FloorEmpty)
-        .and_then(|(_, o)| kernel_ns(o));
+    let empty = floor_ns(bench, Config::FloorEmpty);
     r.push_str("\n## Floor: what a program on this tracepoint costs here\n\n");
     r.push_str("Programs that each do one thing, run once each under the same load with the same kernel statistics: bpftrace one-liners, and tcptrace-ebpf's floor programs (`src/floors.rs`), which do only what a mode cannot avoid, the way tcptrace does it. `bpftool prog profile` (hardware counters per program) needs fentry/fexit programs, which this kernel refuses, so the profiles below use perf's call chains instead.\n\n");
     r.push_str("| The program | kernel ns/event | over the empty program |\n|---|---:|---:|\n");
@@ -1507,14 +1503,10 @@ fn floor_section(r: &mut String, bench: &Bench, summaries: &[Summary]) {
             false,
         );
     }
-    let floor = |c: Config| {
-        bench
-            .floors
-            .iter()
-            .find(|(f, _)| *f == c)
-            .and_then(|(_, o)| kernel_ns(o))
-    };
-    if let (Some(shared), Some(own)) = (floor(Config::FloorRing), floor(Config::FloorRingPerCpu)) {
+    if let (Some(shared), Some(own)) = (
+        floor_ns(bench, Config::FloorRing),
+        floor_ns(bench, Config::FloorRingPerCpu),
+    ) {
         let _ = writeln!(r, "\n{}", ring_per_cpu_line(shared, own));
     }
     for (config, outcome) in &bench.floors {

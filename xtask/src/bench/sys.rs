@@ -641,14 +641,14 @@ impl Drop for Helper {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn machine_ticks_count_iowait_as_idle_and_leave_steal_out() {
         let line = "cpu  100 5 50 800 20 3 2 40 0 0";
         assert_eq!(parse_machine_ticks(line), Some((820, 980)));
         assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
     }
-
-    use super::*;
 
     #[test]
     fn own_process_facts() {
