@@ -32,8 +32,26 @@ use tcptrace_common::{
 #[unsafe(no_mangle)]
 static CONFIG: Global<Config> = Global::new(Config::NONE);
 
+/// The rings, one per CPU up to [`RINGS`]: see `stream::emit`. The loader
+/// sizes those no CPU writes to at a page. Separate maps, not a map of maps:
+/// each reserve site must name its map for the verifier, and aya-ebpf 0.2
+/// has no map-of-maps type.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+static EVENTS_0: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_1: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_2: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_3: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_4: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_5: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 /// Per CPU: records that did not fit in the ring buffer, histogram updates
 /// that did not fit in `HIST`, entries evicted from `SOCKETS`.

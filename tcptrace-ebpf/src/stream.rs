@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
-use tcptrace_common::{Config, DROPS_SLOT, OwnerSource, SockEntry, StateEvent, TcpState};
+use tcptrace_common::{Config, DROPS_SLOT, OwnerSource, RINGS, SockEntry, StateEvent, TcpState};
 
 use crate::{
-    EVENTS, bump, kernel, load,
+    bump, kernel, load,
     owner::{self, Learnt, Owner},
     record::{Transition, state_bit},
 };
@@ -90,11 +90,61 @@ pub fn transition(t: &Transition, cfg: &Config, passes: bool) {
     }
 }
 
-/// Writes the event, stamped `now`, straight into the ring buffer: no stack
-/// copy. Inlined in both callers: a BPF-to-BPF call costs a return thunk here.
+const _: () = assert!(RINGS == 8, "on_ring! has one arm per ring");
+
+/// `$call` with `$r` bound to ring `$n` of the `EVENTS_*` rings: one arm
+/// per ring, as each helper call must name its map for the verifier.
+macro_rules! on_ring {
+    ($n:expr, |$r:ident| $call:expr) => {
+        match $n {
+            0 => {
+                let $r = &crate::EVENTS_0;
+                $call
+            }
+            1 => {
+                let $r = &crate::EVENTS_1;
+                $call
+            }
+            2 => {
+                let $r = &crate::EVENTS_2;
+                $call
+            }
+            3 => {
+                let $r = &crate::EVENTS_3;
+                $call
+            }
+            4 => {
+                let $r = &crate::EVENTS_4;
+                $call
+            }
+            5 => {
+                let $r = &crate::EVENTS_5;
+                $call
+            }
+            6 => {
+                let $r = &crate::EVENTS_6;
+                $call
+            }
+            _ => {
+                let $r = &crate::EVENTS_7;
+                $call
+            }
+        }
+    };
+}
+
+/// Writes the event, stamped `now`, straight into the ring buffer of this
+/// CPU: no stack copy. Inlined in both callers: a BPF-to-BPF call costs a
+/// return thunk here.
+///
+/// Records of one socket may land in different rings; userspace restores
+/// their order from `ts_ns` (TCP serialises a socket's transitions, so the
+/// record of one is submitted before the next one's clock read).
 #[inline(always)]
 pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64) {
-    let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
+    // SAFETY: takes no arguments.
+    let ring = unsafe { bpf_get_smp_processor_id() } % RINGS;
+    let Some(mut entry) = on_ring!(ring, |r| r.reserve::<StateEvent>(0)) else {
         bump(DROPS_SLOT);
         return;
     };
@@ -147,7 +197,7 @@ pub fn emit(t: &Transition, cfg: &Config, who: &Owner, learnt: &Learnt, now: u64
     // threshold. Waking on every record past it (a reader falling behind)
     // costs an inter-processor interrupt each: on a VM, most of the program's time.
     let wakeup = load(&cfg.wakeup_bytes);
-    let pending = EVENTS.query(0);
+    let pending = on_ring!(ring, |r| r.query(0));
     let flags = if wakeup == 0 || (pending >= wakeup && pending < wakeup + RECORD_BYTES) {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -31,13 +31,6 @@ use crate::{
     },
 };
 
-/// Batch wake-ups: the reader drains every tick anyway, so a wake-up only
-/// guards against the ring filling between ticks: a storm wakes us once a
-/// quarter of the ring is pending, leaving three quarters of headroom. Each
-/// wake-up is a self-IPI from the program (a VM exit here); at 64 KiB they
-/// were a third of `bpf_ringbuf_submit`'s time in watch's profile.
-const WAKEUP_FRACTION: u64 = 4;
-
 /// Owners kept per socket in the kernel, seeded from /proc at start.
 const OWNERS: u32 = OWNERS_TRACK | OWNERS_BY_INODE;
 
@@ -81,10 +74,7 @@ fn stacks(on: bool) -> u32 {
 
 fn probe(config: Config, tuning: &TuningArgs) -> ProbeConfig {
     ProbeConfig {
-        config: Config {
-            wakeup_bytes: u64::from(tuning.ring_size) / WAKEUP_FRACTION,
-            ..config
-        },
+        config,
         ring_bytes: tuning.ring_size,
         max_sockets: u32::try_from(tuning.max_sockets).unwrap_or(u32::MAX),
         transitions: false,

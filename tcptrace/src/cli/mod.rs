@@ -106,7 +106,8 @@ pub struct FilterArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TuningArgs {
-    /// Ring buffer size in bytes (a power of two, at least 4096).
+    /// Ring buffer bytes in all (a power of two, at least 4096), split over
+    /// one ring per CPU (up to 8; more CPUs share them), each at least a page.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_size)]
     pub ring_size: u32,
     /// Most sockets tracked at once; the oldest are evicted (and counted) beyond it.

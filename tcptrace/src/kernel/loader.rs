@@ -13,8 +13,8 @@ use aya::{
 use tcptrace_common::{
     Config, DROPS_SLOT, EVICTED_SLOT, GROUP_NONE, GROUP_PROCESS, HIST_FULL_SLOT, HIST_MAX_KEYS,
     INET_SOCK_SET_STATE_FIELDS, KernelLayout, KnownOwner, ListenKey, MODE_AGGREGATE,
-    OWNERS_BY_INODE, OWNERS_TRACK, RecordLayout, SOCKET_WAYS, STACKS_CALLER, STACKS_LOST_SLOT,
-    STACKS_ON, TOTAL_KINDS, TRANSITION_SLOTS,
+    OWNERS_BY_INODE, OWNERS_TRACK, RINGS, RecordLayout, SOCKET_WAYS, STACKS_CALLER,
+    STACKS_LOST_SLOT, STACKS_ON, TOTAL_KINDS, TRANSITION_SLOTS,
 };
 
 use crate::{
@@ -36,9 +36,23 @@ const ACCEPT_EXITS: [(&str, &str, &str); 2] = [
     ("sys_exit_accept", "syscalls", "sys_exit_accept"),
 ];
 
+/// Batch wake-ups: the reader drains every tick anyway, so a wake-up only
+/// guards against a ring filling between ticks: a storm wakes us once a
+/// quarter of a ring is pending, leaving three quarters of headroom. Each
+/// wake-up is a self-IPI from the program (a VM exit here); at 64 KiB they
+/// were a third of `bpf_ringbuf_submit`'s time in watch's profile.
+const WAKEUP_FRACTION: u64 = 4;
+
+/// The ring buffers' map names; CPU n writes to `RING_MAPS[n % RINGS]`.
+const RING_MAPS: [&str; RINGS as usize] = [
+    "EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7",
+];
+
 pub struct ProbeConfig {
-    /// What the program does; the loader fills in `layout` and `socket_sets`.
+    /// What the program does; the loader fills in `layout`, `socket_sets`
+    /// and `wakeup_bytes`.
     pub config: Config,
+    /// The ring buffers' bytes together, split over the rings CPUs write to.
     pub ring_bytes: u32,
     /// Sockets `SOCKETS` keeps entries for (rounded up to a power of two;
     /// beyond that the oldest entries make room, counted).
@@ -71,8 +85,8 @@ const STACK_BUCKETS: u32 = 16384;
 pub struct Probe {
     // Keeps the programs and their links alive; dropping it detaches.
     _ebpf: Ebpf,
-    /// Taken by the reader.
-    pub events: Option<RingBuf<MapData>>,
+    /// The rings some CPU writes to; taken by the reader.
+    pub events: Vec<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     /// The aggregate mode's maps.
     pub aggregate: Option<AggregateMaps>,
@@ -113,12 +127,14 @@ impl Probe {
         config.layout =
             kernel_layout(cfg.owners() || cfg.stacks() || config.filter.inode_states != 0);
         config.socket_sets = socket_entries(cfg.max_sockets) / SOCKET_WAYS;
+        let rings = RingSplit::of(cfg.ring_bytes, possible_cpus()?, sys::page_size());
+        config.wakeup_bytes = u64::from(rings.bytes) / WAKEUP_FRACTION;
         if cfg.stacks() {
             config.stacks |= stack_callers(&config.layout);
         }
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
-        for (map, entries) in map_sizes(cfg) {
+        for (map, entries) in map_sizes(cfg, &rings) {
             loader.map_max_entries(map, entries);
         }
         let mut ebpf = loader
@@ -152,8 +168,13 @@ impl Probe {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing from the kernel program"))
         };
-        let events = RingBuf::try_from(take("EVENTS")?)
-            .context("opening the ring buffer (needs a kernel >= 5.8)")?;
+        let events = RING_MAPS[..rings.used as usize]
+            .iter()
+            .map(|name| {
+                RingBuf::try_from(take(name)?)
+                    .context("opening the ring buffer (needs a kernel >= 5.8)")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let drops = PerCpuArray::try_from(take("DROPS")?)?;
         let aggregate = if cfg.aggregate() {
             Some(AggregateMaps {
@@ -185,7 +206,7 @@ impl Probe {
         };
         Ok(Self {
             _ebpf: ebpf,
-            events: Some(events),
+            events,
             drops,
             aggregate,
             owners,
@@ -427,24 +448,60 @@ fn socket_entries(max_sockets: u32) -> u32 {
     max_sockets.clamp(SOCKET_WAYS, 1 << 30).next_power_of_two()
 }
 
+/// How the ring buffers' bytes are split.
+#[derive(Debug, PartialEq, Eq)]
+struct RingSplit {
+    /// Rings some CPU writes to: the first `used` of [`RING_MAPS`].
+    used: u32,
+    /// Bytes of each: a power of two, at least a page.
+    bytes: u32,
+}
+
+impl RingSplit {
+    /// `total` (a power of two) split over the rings `cpus` possible CPUs write to.
+    fn of(total: u32, cpus: u32, page: u32) -> Self {
+        let used = cpus.clamp(1, RINGS);
+        let share = total / used;
+        // The largest power of two that fits the share, so the total is kept.
+        let bytes = if share == 0 { 0 } else { 1 << share.ilog2() };
+        Self {
+            used,
+            bytes: bytes.max(page),
+        }
+    }
+}
+
+/// CPUs `bpf_get_smp_processor_id` can return: the possible ones, not the online.
+fn possible_cpus() -> anyhow::Result<u32> {
+    let n = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))?;
+    u32::try_from(n).context("CPU count")
+}
+
 /// Sizes of the maps: each mode shrinks the maps it never touches to their
 /// minimum, as several are preallocated.
-fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
+fn map_sizes(cfg: &ProbeConfig, rings: &RingSplit) -> Vec<(&'static str, u32)> {
     let c = &cfg.config;
     let aggregate = cfg.aggregate();
     let grouped = aggregate && c.aggregate.group_by != GROUP_NONE;
     let streams = !aggregate || c.aggregate.stream_states != 0;
-    vec![
-        // Unless some states are streamed, the ring buffer stays unused: its
-        // smallest size is a page.
-        (
-            "EVENTS",
-            if streams {
-                cfg.ring_bytes
-            } else {
-                sys::page_size()
-            },
-        ),
+    // Unless some states are streamed, the rings stay unused, as do those
+    // no CPU writes to: a ring's smallest size is a page.
+    let mut sizes: Vec<(&'static str, u32)> = RING_MAPS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let written = streams && (i as u32) < rings.used;
+            (
+                *name,
+                if written {
+                    rings.bytes
+                } else {
+                    sys::page_size()
+                },
+            )
+        })
+        .collect();
+    sizes.extend([
         ("STACKS", if cfg.stacks() { STACK_BUCKETS } else { 1 }),
         (
             "SOCKET_STACKS",
@@ -498,7 +555,8 @@ fn map_sizes(cfg: &ProbeConfig) -> Vec<(&'static str, u32)> {
             },
         ),
         ("HIST", if grouped { HIST_MAX_KEYS } else { 1 }),
-    ]
+    ]);
+    sizes
 }
 
 fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -528,5 +586,21 @@ mod tests {
         assert_eq!(parse_fdinfo(text, "run_cnt"), Some(7));
         assert_eq!(parse_fdinfo(text, "missing"), None);
         assert_eq!(parse_fdinfo("run_time_ns:\tx\n", "run_time_ns"), None);
+    }
+
+    #[test]
+    fn ring_bytes_are_split_over_the_rings_cpus_write_to() {
+        let split = |total, cpus| {
+            let s = RingSplit::of(total, cpus, 4096);
+            (s.used, s.bytes)
+        };
+        assert_eq!(split(1 << 22, 1), (1, 1 << 22));
+        assert_eq!(split(1 << 22, 2), (2, 1 << 21));
+        // Not a power of two of rings: each takes the power of two that fits.
+        assert_eq!(split(1 << 22, 3), (3, 1 << 20));
+        // More CPUs than rings: they share the rings.
+        assert_eq!(split(1 << 22, 64), (RINGS, 1 << 19));
+        // Never below a page.
+        assert_eq!(split(4096, 2), (2, 4096));
     }
 }

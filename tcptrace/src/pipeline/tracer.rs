@@ -6,23 +6,18 @@
 use std::{io, ops::ControlFlow, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf, StackTraceMap};
+use aya::maps::{MapData, StackTraceMap};
 use tcptrace_common::TcpState;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     host::{clock::Clock, holders::HolderIndex, names::Names, symbols::Symbolizer},
-    kernel::{
-        decode,
-        loader::{Probe, ProbeConfig},
-    },
+    kernel::loader::{Probe, ProbeConfig},
     model::{
         event::Event, owner::Owner, selection::Selection, socket_table::SocketTable, stack::Opened,
     },
     pipeline::{
+        rings::RingReader,
         seed,
         sink::{Context, Sink, Stats, Transition},
     },
@@ -101,16 +96,9 @@ impl Tracer {
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Take the ring out so draining it can borrow the rest of `self`.
-        let ring = self
-            .probe
-            .events
-            .take()
-            .context("ring buffer already taken")?;
-        // SAFETY: the ring owns its map fd, which stays open until the AsyncFd drops it.
-        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("polling the ring buffer")?;
+        // Take the rings out so draining them can borrow the rest of `self`.
+        let mut rings = RingReader::new(std::mem::take(&mut self.probe.events))?;
+        let mut released = Vec::new();
         eprintln!(
             "tcptrace: attached to {}:{}",
             crate::kernel::tracefs::STATE_CHANGE.0,
@@ -132,13 +120,13 @@ impl Tracer {
                 () = &mut deadline => Wake::Stop,
                 _ = ticker.tick() => Wake::Tick,
                 () = std::future::ready(()), if backlog => Wake::Ring,
-                r = ring.readable_mut() => {
-                    r.context("waiting on the ring buffer")?.clear_ready();
+                r = rings.readable() => {
+                    r.context("waiting on the ring buffer")?;
                     Wake::Ring
                 }
             };
-            let drained = self.drain(ring.get_mut(), sink);
-            backlog = matches!(drained, Ok(n) if n == DRAIN_BATCH);
+            let drained = self.drain(&mut rings, &mut released, sink, false);
+            backlog = matches!(drained, Ok(true));
             let flushed = sink.flush();
             let mut stopping = matches!(wake, Wake::Stop)
                 || closed_pipe(drained.map(drop))?
@@ -157,6 +145,8 @@ impl Tracer {
                 break;
             }
         }
+        // What the last drain held back, for the other rings to settle it.
+        closed_pipe(self.drain(&mut rings, &mut released, sink, true).map(drop))?;
         let mut stats = self.stats();
         match sink.finish(&mut self.context(stats)) {
             Err(e) if !is_closed_pipe(&e) => return Err(e),
@@ -164,7 +154,7 @@ impl Tracer {
         }
         stats.measured = sink.measured();
         // Detach before saying we are done.
-        drop(ring);
+        drop(rings);
         drop(self);
         Ok(stats)
     }
@@ -208,26 +198,25 @@ impl Tracer {
         self.warned = now;
     }
 
-    /// Reads at most [`DRAIN_BATCH`] records; returns how many it read.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut dyn Sink) -> io::Result<usize> {
-        let mut n = 0;
-        while n < DRAIN_BATCH
-            && let Some(item) = ring.next()
-        {
-            n += 1;
-            let ev = match decode::decode(&item) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    self.stats.undecodable += 1;
-                    log::warn!("undecodable ring buffer record: {e}");
-                    continue;
-                }
-            };
-            drop(item);
+    /// Reads at most [`DRAIN_BATCH`] records and handles those released
+    /// (all, when `last`); returns whether a backlog is left. `released`:
+    /// kept between calls for its allocation.
+    fn drain(
+        &mut self,
+        rings: &mut RingReader,
+        released: &mut Vec<Event>,
+        sink: &mut dyn Sink,
+        last: bool,
+    ) -> io::Result<bool> {
+        let backlog = rings.drain(DRAIN_BATCH, released, &mut self.stats.undecodable);
+        if last {
+            rings.finish(released);
+        }
+        for ev in released.drain(..) {
             self.stats.events += 1;
             self.handle(&ev, sink)?;
         }
-        Ok(n)
+        Ok(backlog)
     }
 
     fn handle(&mut self, ev: &Event, sink: &mut dyn Sink) -> io::Result<()> {

@@ -430,3 +430,115 @@ fn a_storm_of_loopback_connections_loses_nothing() {
         vals.len()
     );
 }
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The kernel writes each CPU's records to a ring of its own. With the
+/// client on one CPU and the server on another, a socket's transitions
+/// alternate between them (loopback runs the receiver's softirq on the
+/// sender's CPU): the client's socket goes ESTABLISHED on its CPU,
+/// CLOSE_WAIT on the server's (the server's FIN), LAST_ACK back on its own.
+/// Each socket's transitions must still come out in order, every one of them.
+#[test]
+fn transitions_made_on_different_cpus_come_out_in_each_sockets_order() {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let (server_cpu, client_cpu) = (0, 1 % cpus);
+    eprintln!("client on CPU {client_cpu}, server on CPU {server_cpu} of {cpus}");
+    let (l, port) = listener("127.0.0.1:0");
+    // Both ends, so no port filter: the view keeps this port's.
+    let run = start(&["watch", "--json", "-4", "--ring-size", BIG_RING]);
+    let n = 1000;
+    let server = thread::spawn(move || {
+        pin(server_cpu);
+        for _ in 0..n {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"x").unwrap();
+            // The server closes first: the client sees EOF and closes at once.
+            drop(s);
+        }
+    });
+    pin(client_cpu);
+    for _ in 0..n {
+        let mut c = connect("127.0.0.1", port);
+        let mut buf = [0u8; 8];
+        while std::io::Read::read(&mut c, &mut buf).unwrap() > 0 {}
+        drop(c);
+    }
+    server.join().unwrap();
+    // Each connection: 5 transitions client-side, 5 server-side (SYN_RECV,
+    // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, then CLOSE into TIME_WAIT).
+    let ok = run.wait_for(slowed(Duration::from_secs(20)), |v| {
+        v.iter().filter(|v| touches(v, port)).count() >= 10 * n
+    });
+    thread::sleep(Duration::from_millis(200));
+    let fin = run.stop();
+    let vals = only(&fin.json(), port);
+    assert!(
+        ok,
+        "{} transitions of {}; {}",
+        vals.len(),
+        10 * n,
+        fin.stderr
+    );
+    assert!(fin.stderr.contains(" 0 lost"), "{}", fin.stderr);
+    // One socket's life starts at connect() (its port is chosen after) or
+    // at a SYN; its address is reused by the next socket once freed.
+    let mut lives: Vec<Vec<(String, String)>> = Vec::new();
+    let mut current: std::collections::HashMap<&str, usize> = Default::default();
+    for v in &vals {
+        let (old, new) = (
+            v["oldstate"].as_str().unwrap(),
+            v["newstate"].as_str().unwrap(),
+        );
+        if new == "LISTEN" || (old == "LISTEN" && new == "CLOSE") {
+            continue; // the listener's own
+        }
+        let skaddr = v["skaddr"].as_str().unwrap();
+        if (old, new) == ("CLOSE", "SYN_SENT") || old == "LISTEN" {
+            current.insert(skaddr, lives.len());
+            lives.push(Vec::new());
+        }
+        let Some(&i) = current.get(skaddr) else {
+            panic!("socket {skaddr}: {old} -> {new} before its start");
+        };
+        lives[i].push((old.to_string(), new.to_string()));
+    }
+    let client = pairs(&[
+        ("CLOSE", "SYN_SENT"),
+        ("SYN_SENT", "ESTABLISHED"),
+        ("ESTABLISHED", "CLOSE_WAIT"),
+        ("CLOSE_WAIT", "LAST_ACK"),
+        ("LAST_ACK", "CLOSE"),
+    ]);
+    let server = pairs(&[
+        ("LISTEN", "SYN_RECV"),
+        ("SYN_RECV", "ESTABLISHED"),
+        ("ESTABLISHED", "FIN_WAIT1"),
+        ("FIN_WAIT1", "FIN_WAIT2"),
+        ("FIN_WAIT2", "CLOSE"),
+    ]);
+    let (mut clients, mut servers) = (0, 0);
+    for life in &lives {
+        if life[0].0 == "LISTEN" {
+            assert_eq!(life, &server, "a server socket's life");
+            servers += 1;
+        } else {
+            assert_eq!(life, &client, "a client socket's life");
+            clients += 1;
+        }
+    }
+    assert_eq!((clients, servers), (n, n), "every socket's life");
+}

@@ -1,0 +1,298 @@
+//! The kernel's rings (one per CPU, see `tcptrace_common::RINGS`) read as
+//! one stream, with each socket's transitions in the order they happened.
+//!
+//! TCP serialises a socket's transitions (its lock, or the softirq holding
+//! it), and the program submits the record of one before the next one reads
+//! the clock. So every earlier record of a socket, in whatever ring, was
+//! committed before a later one's `ts_ns` was taken. A record read from ring
+//! i is released once, for every other ring j, the reader has either found
+//! j empty after reading it, or read from j a record stamped later: every
+//! record j holds that was reserved before that clock read, its earlier
+//! records included, comes first in j. Released records go out in `ts_ns`
+//! order; the rest wait for the next drain.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    task::Poll,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{kernel::decode, model::event::Event};
+
+pub struct RingReader {
+    rings: Vec<AsyncFd<RingBuf<MapData>>>,
+    state: Order,
+}
+
+impl RingReader {
+    pub fn new(rings: Vec<RingBuf<MapData>>) -> anyhow::Result<Self> {
+        let n = rings.len();
+        let rings = rings
+            .into_iter()
+            .map(|ring| {
+                // SAFETY: the ring owns its map fd, which stays open until the AsyncFd drops it.
+                unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)
+                    .context("polling the ring buffer")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            rings,
+            state: Order::new(n),
+        })
+    }
+
+    /// Until the kernel wakes us on some ring.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let mut ready = false;
+            for fd in &mut self.rings {
+                match fd.poll_read_ready_mut(cx) {
+                    Poll::Ready(Ok(mut guard)) => {
+                        guard.clear_ready();
+                        ready = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if ready {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Reads every ring twice (the second pass is what releases most of
+    /// the first's records), at most `budget` records in all; appends the
+    /// released ones to `out`, in order. Returns whether some ring was left
+    /// unread for the budget.
+    pub fn drain(&mut self, budget: usize, out: &mut Vec<Event>, undecodable: &mut u64) -> bool {
+        let per_ring = (budget / (2 * self.rings.len())).max(1);
+        let mut backlog = false;
+        for _pass in 0..2 {
+            for (i, fd) in self.rings.iter_mut().enumerate() {
+                let ring = fd.get_mut();
+                let mut n = 0;
+                loop {
+                    if n == per_ring {
+                        backlog = true;
+                        break;
+                    }
+                    let Some(item) = ring.next() else {
+                        self.state.emptied(i);
+                        break;
+                    };
+                    n += 1;
+                    match decode::decode(&item) {
+                        Ok(ev) => self.state.read(i, ev),
+                        Err(e) => {
+                            *undecodable += 1;
+                            log::warn!("undecodable ring buffer record: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        self.state.release(out);
+        backlog
+    }
+
+    /// Everything still held, in `ts_ns` order: the trace is ending.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.state.release_all(out);
+    }
+}
+
+/// What the reader knows of the rings: the ordering half of [`RingReader`],
+/// apart from the maps so that it can be tested.
+struct Order {
+    rings: Vec<Ring>,
+    /// Read and not released.
+    held: Vec<Read>,
+    /// Counts the reads, records and empty rings alike: orders them.
+    seq: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Ring {
+    /// The read that last found it empty.
+    emptied_seq: u64,
+    /// The latest stamp read from it.
+    latest_ts: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Read {
+    seq: u64,
+    ring: usize,
+    ev: Event,
+}
+
+impl Order {
+    fn new(rings: usize) -> Self {
+        Self {
+            rings: vec![Ring::default(); rings],
+            held: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    fn read(&mut self, ring: usize, ev: Event) {
+        self.seq += 1;
+        let r = &mut self.rings[ring];
+        r.latest_ts = r.latest_ts.max(ev.ts_ns);
+        self.held.push(Read {
+            seq: self.seq,
+            ring,
+            ev,
+        });
+    }
+
+    fn emptied(&mut self, ring: usize) {
+        self.seq += 1;
+        self.rings[ring].emptied_seq = self.seq;
+    }
+
+    /// Whether every record stamped before `r` was, in every other ring, read.
+    fn settled(&self, r: &Read) -> bool {
+        self.rings
+            .iter()
+            .enumerate()
+            .all(|(j, ring)| j == r.ring || ring.emptied_seq > r.seq || ring.latest_ts > r.ev.ts_ns)
+    }
+
+    fn release(&mut self, out: &mut Vec<Event>) {
+        let (mut go, wait): (Vec<Read>, Vec<Read>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|r| self.settled(r));
+        self.held = wait;
+        if !self.held.is_empty() && !go.is_empty() {
+            // A record waiting because of another ring may be an earlier
+            // record of a socket that a released one is a later record of;
+            // it goes with it. Its own earlier records are that one's too,
+            // so all read.
+            let waiting: HashSet<u64> = self.held.iter().map(|r| r.ev.skaddr).collect();
+            let mut latest: HashMap<u64, u64> = HashMap::new();
+            for r in go.iter().filter(|r| waiting.contains(&r.ev.skaddr)) {
+                let t = latest.entry(r.ev.skaddr).or_default();
+                *t = (*t).max(r.ev.ts_ns);
+            }
+            let (earlier, wait): (Vec<Read>, Vec<Read>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|r| latest.get(&r.ev.skaddr).is_some_and(|&t| r.ev.ts_ns < t));
+            self.held = wait;
+            go.extend(earlier);
+        }
+        Self::emit(go, out);
+    }
+
+    fn release_all(&mut self, out: &mut Vec<Event>) {
+        Self::emit(std::mem::take(&mut self.held), out);
+    }
+
+    fn emit(mut go: Vec<Read>, out: &mut Vec<Event>) {
+        go.sort_unstable_by_key(|r| (r.ev.ts_ns, r.seq));
+        out.extend(go.into_iter().map(|r| r.ev));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tcptrace_common::TcpState::*;
+
+    use super::*;
+    use crate::model::event::test_event as ev;
+
+    fn released(o: &mut Order) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        o.release(&mut out);
+        out.iter()
+            .map(|e| (e.skaddr, e.ts_ns / 1_000_000))
+            .collect()
+    }
+
+    #[test]
+    fn one_ring_releases_everything_at_once() {
+        let mut o = Order::new(1);
+        o.read(0, ev(1, 2, SynSent, Established));
+        o.read(0, ev(2, 1, SynSent, Established));
+        assert_eq!(released(&mut o), [(2, 1), (1, 2)]);
+        assert!(o.held.is_empty());
+    }
+
+    #[test]
+    fn a_record_waits_until_every_other_ring_was_found_empty_after_it() {
+        let mut o = Order::new(2);
+        // Pass 1: ring 0 empty, then ring 1 holds a socket's later record.
+        o.emptied(0);
+        o.read(1, ev(7, 20, CloseWait, LastAck));
+        o.emptied(1);
+        // Pass 2: its earlier record, committed meanwhile, is in ring 0.
+        o.read(0, ev(7, 10, Established, CloseWait));
+        o.emptied(0);
+        o.emptied(1);
+        assert_eq!(released(&mut o), [(7, 10), (7, 20)]);
+    }
+
+    #[test]
+    fn a_record_read_after_another_ring_was_last_found_empty_waits() {
+        let mut o = Order::new(2);
+        o.emptied(0);
+        o.emptied(1);
+        o.emptied(0);
+        // Ring 0 was not looked at after this: an earlier record of
+        // socket 7 may be committing there.
+        o.read(1, ev(7, 20, CloseWait, LastAck));
+        o.emptied(1);
+        assert_eq!(released(&mut o), []);
+        // The next drain finds it.
+        o.read(0, ev(7, 10, Established, CloseWait));
+        o.emptied(0);
+        o.emptied(1);
+        assert_eq!(released(&mut o), [(7, 10), (7, 20)]);
+    }
+
+    #[test]
+    fn a_later_stamp_in_a_busy_ring_settles_records_without_it_emptying() {
+        let mut o = Order::new(2);
+        o.read(0, ev(1, 5, SynSent, Established));
+        o.read(1, ev(2, 10, SynSent, Established));
+        o.emptied(1);
+        o.read(0, ev(3, 11, SynSent, Established));
+        // Ring 0 never emptied: its record at 11 settles ring 1's at 10.
+        // The one at 11 waits: ring 1 was last found empty before it was
+        // read, and holds nothing stamped later.
+        assert_eq!(released(&mut o), [(1, 5), (2, 10)]);
+        assert_eq!(o.held.len(), 1);
+        o.emptied(1);
+        assert_eq!(released(&mut o), [(3, 11)]);
+    }
+
+    #[test]
+    fn a_waiting_earlier_record_of_a_released_socket_goes_with_it() {
+        let mut o = Order::new(3);
+        // Socket 7's later record, from ring 0: rings 1 and 2 are found
+        // empty after it, so it is released.
+        o.read(0, ev(7, 20, CloseWait, LastAck));
+        o.emptied(2);
+        // Its earlier record, from ring 1, was read after ring 2 was last
+        // found empty: on its own it would wait, as socket 8's does.
+        o.read(1, ev(7, 10, Established, CloseWait));
+        o.read(1, ev(8, 15, SynSent, Established));
+        o.emptied(1);
+        o.emptied(0);
+        assert_eq!(released(&mut o), [(7, 10), (7, 20)]);
+        assert_eq!(o.held.len(), 1);
+        let mut out = Vec::new();
+        o.release_all(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].skaddr, 8);
+    }
+}
