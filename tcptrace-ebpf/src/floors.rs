@@ -8,12 +8,13 @@
 //! - `floor_entry`: `hist`'s least: the clock, the socket's entry in a
 //!   set-associative table the size of tcptrace's default (its dwell time
 //!   read, its new state written, freed at CLOSE), and one per-CPU counter.
-//! - `floor_ring`: a 104-byte record in the ring buffer per transition,
-//!   with the clock and tcptrace's wake-up policy.
+//! - `floor_ring`: a 104-byte record per transition in one ring shared by
+//!   all CPUs (as tcptrace wrote until it had a ring per CPU), with the
+//!   clock and tcptrace's wake-up policy.
 //! - `floor_ring_cpu`: the same record in a ring of its CPU's own (one of
-//!   [`CPU_RINGS`], by CPU number): what one shared ring's cross-CPU
-//!   traffic costs (its lock, its positions, records of two CPUs in one
-//!   cache line), which a ring per CPU would not pay.
+//!   [`CPU_RINGS`], by CPU number), as tcptrace and the floors below write
+//!   it: against `floor_ring`, what one shared ring's cross-CPU traffic
+//!   costs (its lock, its positions, records of two CPUs in one cache line).
 //! - `floor_stream`: `watch`'s least: the entry (the owner is per socket),
 //!   the task's pid and name in process context, and a record per transition.
 //! - `floor_cw`: `leaks`'s least: a record for each transition into or out
@@ -154,11 +155,18 @@ fn count(dwell: u64) {
     }
 }
 
-/// A record in the ring buffer, as tcptrace writes one (the addresses, the
-/// ports, the owner and its name), woken as tcptrace wakes the reader.
+/// A record in the ring buffer of this CPU, as tcptrace writes one (the
+/// addresses, the ports, the owner and its name), woken as tcptrace wakes
+/// the reader.
 #[inline(always)]
 fn emit(ctx: &TracePointContext, f: &Fields, now: u64, owner: u32, comm: [u64; 2]) {
-    emit_to(&EVENTS, ctx, f, now, owner, comm);
+    // SAFETY: takes no arguments.
+    match unsafe { bpf_get_smp_processor_id() } % CPU_RINGS {
+        0 => emit_to(&EVENTS_CPU0, ctx, f, now, owner, comm),
+        1 => emit_to(&EVENTS_CPU1, ctx, f, now, owner, comm),
+        2 => emit_to(&EVENTS_CPU2, ctx, f, now, owner, comm),
+        _ => emit_to(&EVENTS_CPU3, ctx, f, now, owner, comm),
+    }
 }
 
 #[inline(always)]
@@ -242,7 +250,7 @@ pub fn floor_ring(ctx: TracePointContext) -> u32 {
     if let Some(f) = fields(&ctx) {
         // SAFETY: takes no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        emit(&ctx, &f, now, 0, [0; 2]);
+        emit_to(&EVENTS, &ctx, &f, now, 0, [0; 2]);
     }
     0
 }
@@ -252,13 +260,7 @@ pub fn floor_ring_cpu(ctx: TracePointContext) -> u32 {
     if let Some(f) = fields(&ctx) {
         // SAFETY: takes no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: takes no arguments.
-        match unsafe { bpf_get_smp_processor_id() } % CPU_RINGS {
-            0 => emit_to(&EVENTS_CPU0, &ctx, &f, now, 0, [0; 2]),
-            1 => emit_to(&EVENTS_CPU1, &ctx, &f, now, 0, [0; 2]),
-            2 => emit_to(&EVENTS_CPU2, &ctx, &f, now, 0, [0; 2]),
-            _ => emit_to(&EVENTS_CPU3, &ctx, &f, now, 0, [0; 2]),
-        }
+        emit(&ctx, &f, now, 0, [0; 2]);
     }
     0
 }

@@ -1516,12 +1516,12 @@ fn floor_section(r: &mut String, bench: &Bench, summaries: &[Summary]) {
     }
 }
 
-/// What a ring per CPU would change in the record's cost, from the two ring floors.
+/// What tcptrace's ring per CPU saves on the record's cost, from the two ring floors.
 fn ring_per_cpu_line(shared: f64, own: f64) -> String {
     let saved = shared - own;
     if saved > 0.0 {
         format!(
-            "A ring per CPU instead of one shared ring: the same record costs {} ns less here ({:.0}% of `floor-ring`), what every stream mode's record would save; tcptrace writes to one shared ring today.",
+            "A ring per CPU instead of one shared ring: the same record costs {} ns less here ({:.0}% of `floor-ring`), what every stream mode's record saves; tcptrace and the stream floors write to a ring per CPU.",
             thousands(saved),
             saved / shared * 100.0
         )

@@ -82,12 +82,12 @@ pub const FLOOR_PROGRAMS: [(Config, &str, Floor); 12] = [
     ),
     (
         Config::FloorRing,
-        "the clock and a 104-byte ring buffer record per transition, read by a user process",
+        "the clock and a 104-byte ring buffer record per transition, in one ring all CPUs share, read by a user process",
         Floor::Own("floor_ring"),
     ),
     (
         Config::FloorRingPerCpu,
-        "the same record in a ring of its CPU's own (`floor_ring`'s work without one shared ring's cross-CPU traffic: not how tcptrace writes today)",
+        "the same record in a ring of its CPU's own, as tcptrace and the stream floors write it (`floor_ring`'s work without one shared ring's cross-CPU traffic)",
         Floor::Own("floor_ring_cpu"),
     ),
     (
