@@ -47,7 +47,7 @@ pub struct Applied<'a> {
 /// Kernel socket addresses are slab addresses, not chosen by anyone who
 /// could aim collisions at the table: a fixed fast hash (foldhash's) serves,
 /// where std's SipHash cost 5% of `watch --json`'s CPU.
-type Hasher = foldhash::fast::FixedState;
+pub(crate) type Hasher = foldhash::fast::FixedState;
 
 pub struct SocketTable {
     sockets: HashMap<u64, Socket, Hasher>,

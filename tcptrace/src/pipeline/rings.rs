@@ -11,17 +11,16 @@
 //! records included, comes first in j. Released records go out in `ts_ns`
 //! order; the rest wait for the next drain.
 
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-    task::Poll,
-};
+use std::{collections::HashMap, io, task::Poll};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{kernel::decode, model::event::Event};
+use crate::{
+    kernel::decode,
+    model::{event::Event, socket_table::Hasher},
+};
 
 pub struct RingReader {
     rings: Vec<AsyncFd<RingBuf<MapData>>>,
@@ -70,10 +69,15 @@ impl RingReader {
     }
 
     /// Reads every ring twice (the second pass is what releases most of
-    /// the first's records), at most `budget` records in all; appends the
-    /// released ones to `out`, in order. Returns whether some ring was left
-    /// unread for the budget.
-    pub fn drain(&mut self, budget: usize, out: &mut Vec<Event>, undecodable: &mut u64) -> bool {
+    /// the first's records), at most `budget` records in all, and hands the
+    /// released ones to `handle`, in order. Returns whether some ring was
+    /// left unread for the budget.
+    pub fn drain(
+        &mut self,
+        budget: usize,
+        undecodable: &mut u64,
+        handle: impl FnMut(&Event) -> io::Result<()>,
+    ) -> io::Result<bool> {
         let per_ring = (budget / (2 * self.rings.len())).max(1);
         let mut backlog = false;
         for _pass in 0..2 {
@@ -100,13 +104,13 @@ impl RingReader {
                 }
             }
         }
-        self.state.release(out);
-        backlog
+        self.state.release(false, handle)?;
+        Ok(backlog)
     }
 
-    /// Everything still held, in `ts_ns` order: the trace is ending.
-    pub fn finish(&mut self, out: &mut Vec<Event>) {
-        self.state.release_all(out);
+    /// Hands everything still held to `handle`, in `ts_ns` order: the trace is ending.
+    pub fn finish(&mut self, handle: impl FnMut(&Event) -> io::Result<()>) -> io::Result<()> {
+        self.state.release(true, handle)
     }
 }
 
@@ -114,10 +118,16 @@ impl RingReader {
 /// apart from the maps so that it can be tested.
 struct Order {
     rings: Vec<Ring>,
-    /// Read and not released.
+    /// Read and not released, in the order read.
     held: Vec<Read>,
     /// Counts the reads, records and empty rings alike: orders them.
     seq: u64,
+    /// Kept between releases for their allocations: the released records'
+    /// sort keys (stamp, read, index in `held`), the waiting ones' indices,
+    /// the latest released stamp of each waiting socket.
+    keys: Vec<(u64, u64, usize)>,
+    waiting: Vec<usize>,
+    latest: HashMap<u64, u64, Hasher>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -141,6 +151,9 @@ impl Order {
             rings: vec![Ring::default(); rings],
             held: Vec::new(),
             seq: 0,
+            keys: Vec::new(),
+            waiting: Vec::new(),
+            latest: HashMap::with_hasher(Hasher::default()),
         }
     }
 
@@ -168,38 +181,62 @@ impl Order {
             .all(|(j, ring)| j == r.ring || ring.emptied_seq > r.seq || ring.latest_ts > r.ev.ts_ns)
     }
 
-    fn release(&mut self, out: &mut Vec<Event>) {
-        let (mut go, wait): (Vec<Read>, Vec<Read>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|r| self.settled(r));
-        self.held = wait;
-        if !self.held.is_empty() && !go.is_empty() {
+    /// Hands the settled records (all, with `all`) to `handle` in `ts_ns`
+    /// order, and keeps the others.
+    fn release(
+        &mut self,
+        all: bool,
+        mut handle: impl FnMut(&Event) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.keys.clear();
+        self.waiting.clear();
+        for (i, r) in self.held.iter().enumerate() {
+            if all || self.settled(r) {
+                self.keys.push((r.ev.ts_ns, r.seq, i));
+            } else {
+                self.waiting.push(i);
+            }
+        }
+        if !self.waiting.is_empty() && !self.keys.is_empty() {
             // A record waiting because of another ring may be an earlier
             // record of a socket that a released one is a later record of;
             // it goes with it. Its own earlier records are that one's too,
             // so all read.
-            let waiting: HashSet<u64> = self.held.iter().map(|r| r.ev.skaddr).collect();
-            let mut latest: HashMap<u64, u64> = HashMap::new();
-            for r in go.iter().filter(|r| waiting.contains(&r.ev.skaddr)) {
-                let t = latest.entry(r.ev.skaddr).or_default();
-                *t = (*t).max(r.ev.ts_ns);
+            self.latest.clear();
+            for &i in &self.waiting {
+                self.latest.insert(self.held[i].ev.skaddr, 0);
             }
-            let (earlier, wait): (Vec<Read>, Vec<Read>) = std::mem::take(&mut self.held)
-                .into_iter()
-                .partition(|r| latest.get(&r.ev.skaddr).is_some_and(|&t| r.ev.ts_ns < t));
-            self.held = wait;
-            go.extend(earlier);
+            for &(ts, _, i) in &self.keys {
+                if let Some(t) = self.latest.get_mut(&self.held[i].ev.skaddr) {
+                    *t = (*t).max(ts);
+                }
+            }
+            let (held, latest, keys) = (&self.held, &self.latest, &mut self.keys);
+            self.waiting.retain(|&i| {
+                let r = &held[i];
+                let goes = latest.get(&r.ev.skaddr).is_some_and(|&t| r.ev.ts_ns < t);
+                if goes {
+                    keys.push((r.ev.ts_ns, r.seq, i));
+                }
+                !goes
+            });
         }
-        Self::emit(go, out);
-    }
-
-    fn release_all(&mut self, out: &mut Vec<Event>) {
-        Self::emit(std::mem::take(&mut self.held), out);
-    }
-
-    fn emit(mut go: Vec<Read>, out: &mut Vec<Event>) {
-        go.sort_unstable_by_key(|r| (r.ev.ts_ns, r.seq));
-        out.extend(go.into_iter().map(|r| r.ev));
+        // Runs already in order (each ring's own), merged: a stable sort
+        // finds the runs.
+        self.keys.sort_by_key(|&(ts, seq, _)| (ts, seq));
+        let mut result = Ok(());
+        for &(_, _, i) in &self.keys {
+            result = handle(&self.held[i].ev);
+            if result.is_err() {
+                break;
+            }
+        }
+        // Keep the waiting records, in the order read.
+        for (kept, &i) in self.waiting.iter().enumerate() {
+            self.held.swap(kept, i);
+        }
+        self.held.truncate(self.waiting.len());
+        result
     }
 }
 
@@ -210,12 +247,18 @@ mod tests {
     use super::*;
     use crate::model::event::test_event as ev;
 
-    fn released(o: &mut Order) -> Vec<(u64, u64)> {
+    fn released_as(o: &mut Order, all: bool) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
-        o.release(&mut out);
-        out.iter()
-            .map(|e| (e.skaddr, e.ts_ns / 1_000_000))
-            .collect()
+        o.release(all, |e| {
+            out.push((e.skaddr, e.ts_ns / 1_000_000));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn released(o: &mut Order) -> Vec<(u64, u64)> {
+        released_as(o, false)
     }
 
     #[test]
@@ -290,9 +333,7 @@ mod tests {
         o.emptied(0);
         assert_eq!(released(&mut o), [(7, 10), (7, 20)]);
         assert_eq!(o.held.len(), 1);
-        let mut out = Vec::new();
-        o.release_all(&mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].skaddr, 8);
+        assert_eq!(released_as(&mut o, true), [(8, 15)]);
+        assert!(o.held.is_empty());
     }
 }

@@ -98,7 +98,6 @@ impl Tracer {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Take the rings out so draining them can borrow the rest of `self`.
         let mut rings = RingReader::new(std::mem::take(&mut self.probe.events))?;
-        let mut released = Vec::new();
         eprintln!(
             "tcptrace: attached to {}:{}",
             crate::kernel::tracefs::STATE_CHANGE.0,
@@ -125,7 +124,7 @@ impl Tracer {
                     Wake::Ring
                 }
             };
-            let drained = self.drain(&mut rings, &mut released, sink, false);
+            let drained = self.drain(&mut rings, sink, false);
             backlog = matches!(drained, Ok(true));
             let flushed = sink.flush();
             let mut stopping = matches!(wake, Wake::Stop)
@@ -146,7 +145,7 @@ impl Tracer {
             }
         }
         // What the last drain held back, for the other rings to settle it.
-        closed_pipe(self.drain(&mut rings, &mut released, sink, true).map(drop))?;
+        closed_pipe(self.drain(&mut rings, sink, true).map(drop))?;
         let mut stats = self.stats();
         match sink.finish(&mut self.context(stats)) {
             Err(e) if !is_closed_pipe(&e) => return Err(e),
@@ -199,23 +198,27 @@ impl Tracer {
     }
 
     /// Reads at most [`DRAIN_BATCH`] records and handles those released
-    /// (all, when `last`); returns whether a backlog is left. `released`:
-    /// kept between calls for its allocation.
+    /// (all, when `last`); returns whether a backlog is left.
     fn drain(
         &mut self,
         rings: &mut RingReader,
-        released: &mut Vec<Event>,
         sink: &mut dyn Sink,
         last: bool,
     ) -> io::Result<bool> {
-        let backlog = rings.drain(DRAIN_BATCH, released, &mut self.stats.undecodable);
-        if last {
-            rings.finish(released);
-        }
-        for ev in released.drain(..) {
+        let mut undecodable = 0;
+        let mut handle = |ev: &Event| {
             self.stats.events += 1;
-            self.handle(&ev, sink)?;
-        }
+            self.handle(ev, sink)
+        };
+        let backlog = rings.drain(DRAIN_BATCH, &mut undecodable, &mut handle);
+        let finished = if last {
+            rings.finish(&mut handle)
+        } else {
+            Ok(())
+        };
+        self.stats.undecodable += undecodable;
+        let backlog = backlog?;
+        finished?;
         Ok(backlog)
     }
 
