@@ -17,8 +17,9 @@
 //!   costs (its lock, its positions, records of two CPUs in one cache line).
 //! - `floor_stream`: `watch`'s least: the entry (the owner is per socket),
 //!   the task's pid and name in process context, and a record per transition.
-//! - `floor_cw`: `leaks`'s least: a record for each transition into or out
-//!   of CLOSE_WAIT.
+//! - `floor_cw`: `leaks`'s least: the owner learnt into the entry where the
+//!   task is the owner, the entry freed at CLOSE, and a record for each
+//!   transition into or out of CLOSE_WAIT.
 //! - `floor_serve`: `serve`'s least: `floor_entry`, and `floor_cw`'s records.
 //!
 //! The walks through kernel structures (fd -> socket at accept, socket ->
@@ -120,10 +121,10 @@ fn entry(skaddr: u64) -> Option<(*mut SockEntry, bool)> {
     victim.map(|p| (p, false))
 }
 
-/// The entry's dwell time read and its new state written (freed at CLOSE);
-/// the dwell time, 0 when unknown.
+/// The entry's dwell time read and its new state written, with `owner`
+/// unless 0 (freed at CLOSE); the dwell time, 0 when unknown.
 #[inline(always)]
-fn touch_entry(f: &Fields, now: u64) -> u64 {
+fn touch_entry(f: &Fields, now: u64, owner: u32) -> u64 {
     let Some((e, found)) = entry(f.skaddr) else {
         return 0;
     };
@@ -141,6 +142,9 @@ fn touch_entry(f: &Fields, now: u64) -> u64 {
             core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).skaddr), f.skaddr);
             core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).entered_ns), now);
             core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).state), f.new);
+            if owner != 0 {
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).owner), owner);
+            }
         }
         dwell
     }
@@ -240,7 +244,7 @@ pub fn floor_entry(ctx: TracePointContext) -> u32 {
     if let Some(f) = fields(&ctx) {
         // SAFETY: takes no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        count(touch_entry(&f, now));
+        count(touch_entry(&f, now, 0));
     }
     0
 }
@@ -271,7 +275,7 @@ pub fn floor_stream(ctx: TracePointContext) -> u32 {
         // SAFETY: takes no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         let (pid, comm) = owner(&f);
-        touch_entry(&f, now);
+        touch_entry(&f, now, pid);
         emit(&ctx, &f, now, pid, comm);
     }
     0
@@ -279,12 +283,28 @@ pub fn floor_stream(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn floor_cw(ctx: TracePointContext) -> u32 {
-    if let Some(f) = fields(&ctx)
-        && (f.old == CLOSE_WAIT || f.new == CLOSE_WAIT)
-    {
+    let Some(f) = fields(&ctx) else {
+        return 0;
+    };
+    let cw = f.old == CLOSE_WAIT || f.new == CLOSE_WAIT;
+    let in_process = TcpState::from_kernel(f.new).is_some_and(TcpState::entered_in_process_context);
+    // Where leaks touches the entry: to learn the owner, to record, to free.
+    if cw || in_process || f.new == CLOSE {
         // SAFETY: takes no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        emit(&ctx, &f, now, 0, [0; 2]);
+        if cw {
+            let (pid, comm) = owner(&f);
+            touch_entry(&f, now, pid);
+            emit(&ctx, &f, now, pid, comm);
+        } else {
+            // The owner's pid only: its name goes with a record.
+            let pid = if in_process {
+                (bpf_get_current_pid_tgid() >> 32) as u32
+            } else {
+                0
+            };
+            touch_entry(&f, now, pid);
+        }
     }
     0
 }
@@ -294,7 +314,7 @@ pub fn floor_serve(ctx: TracePointContext) -> u32 {
     if let Some(f) = fields(&ctx) {
         // SAFETY: takes no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        count(touch_entry(&f, now));
+        count(touch_entry(&f, now, 0));
         if f.old == CLOSE_WAIT || f.new == CLOSE_WAIT {
             emit(&ctx, &f, now, 0, [0; 2]);
         }
