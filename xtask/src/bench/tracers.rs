@@ -97,7 +97,7 @@ pub const FLOOR_PROGRAMS: [(Config, &str, Floor); 12] = [
     ),
     (
         Config::FloorCloseWait,
-        "`leaks`'s least in the program: the owner's pid into the socket's entry in process context, the entry freed at CLOSE, a record per transition into or out of CLOSE_WAIT",
+        "below `leaks`'s least in the program: a record per transition into or out of CLOSE_WAIT, without the owner learning",
         Floor::Own("floor_cw"),
     ),
     (
