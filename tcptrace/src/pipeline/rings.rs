@@ -343,6 +343,15 @@ mod tests {
     /// last record was committed, and the reader reads each ring up to its
     /// first uncommitted record, with producer steps between ring reads.
     /// Every socket's records must come out in order, none twice, none lost.
+    /// Socket `sk`'s record number `n` (carried in `inode`), stamped `ts`.
+    fn record(ts: u64, sk: u64, n: u64) -> Event {
+        Event {
+            ts_ns: ts,
+            inode: n,
+            ..ev(sk, 0, Established, CloseWait)
+        }
+    }
+
     #[test]
     fn interleaved_producers_never_reorder_a_socket() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -385,10 +394,7 @@ mod tests {
                     let r = rand(rings as u64) as usize;
                     while queue[r].front().is_some_and(|rec| rec.3) {
                         let (ts, sk, n, _) = queue[r].pop_front().unwrap();
-                        let mut e = ev(sk, 0, Established, CloseWait);
-                        e.ts_ns = ts;
-                        e.inode = n;
-                        o.read(r, e);
+                        o.read(r, record(ts, sk, n));
                     }
                     if queue[r].is_empty() {
                         o.emptied(r);
@@ -405,10 +411,7 @@ mod tests {
             // Drain the rest: commit everything, read, release.
             for (r, q) in queue.iter_mut().enumerate() {
                 for (ts, sk, n, _) in q.drain(..) {
-                    let mut e = ev(sk, 0, Established, CloseWait);
-                    e.ts_ns = ts;
-                    e.inode = n;
-                    o.read(r, e);
+                    o.read(r, record(ts, sk, n));
                 }
             }
             o.release(true, |e| {
