@@ -38,10 +38,16 @@ const ACCEPT_EXITS: [(&str, &str, &str); 2] = [
 
 /// Batch wake-ups: the reader drains every tick anyway, so a wake-up only
 /// guards against a ring filling between ticks: a storm wakes us once a
-/// quarter of a ring is pending, leaving three quarters of headroom. Each
-/// wake-up is a self-IPI from the program (a VM exit here); at 64 KiB they
-/// were a third of `bpf_ringbuf_submit`'s time in watch's profile.
-const WAKEUP_FRACTION: u64 = 4;
+/// sixteenth of a ring is pending. Each wake-up is a self-IPI from the
+/// program (a VM exit here), so waking less often costs the program less;
+/// but a reader that rarely wakes lets the vCPUs halt, and the traced load
+/// pays for waking a halted vCPU. `watch --json` under nginx + wrk, Intel
+/// host, 3 alternating rounds, 2 MiB rings (untraced 39.9k conns/s, the
+/// bpftrace counter 0.921 of it at 80 ns/event): woken at a quarter, 227 ns/event and
+/// 0.860 of the untraced throughput; a sixteenth, 236 ns and 0.899; a
+/// 32nd, 245 ns and 0.914; a 64th, 263 ns and 0.918. Tracer CPU was
+/// 0.13-0.14 µs/event in each.
+const WAKEUP_FRACTION: u64 = 16;
 
 /// The ring buffers' map names; CPU n writes to `RING_MAPS[n % RINGS]`.
 const RING_MAPS: [&str; RINGS as usize] = [
