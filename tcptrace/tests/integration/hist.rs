@@ -605,6 +605,10 @@ fn a_storm_is_counted_exactly() {
     retrying(|| {
         let (l, port) = listener("127.0.0.1:0");
         let run = start(&["hist", "--json", "-L", &port.to_string()]);
+        // The stream path's count of the same port's transitions: the
+        // reference for what the kernel did, which is not always one
+        // SYN_RECV spell per connection (below).
+        let watch = start(&["watch", "--json", "-L", &port.to_string()]);
         let n = 3000;
         let server = thread::spawn(move || {
             for _ in 0..n {
@@ -619,8 +623,20 @@ fn a_storm_is_counted_exactly() {
         }
         server.join().unwrap();
         let vals = stop(run);
+        let watched = watch.stop();
+        note_misses(&watched);
+        let left_syn_recv = watched
+            .json()
+            .iter()
+            .filter(|v| v["oldstate"] == "SYN_RECV")
+            .count() as u64;
         let none = Value::Null;
-        assert_eq!(count(hist(&vals, "SYN_RECV", &none)), n);
+        // Each SYN_RECV spell the kernel ends is one sample: one per
+        // connection, except that with two CPUs one request socket can make
+        // two children, and the one that loses the race goes SYN_RECV ->
+        // CLOSE (3,001 spells for 3,000 connections, in a 2-vCPU 5.10 guest).
+        assert!(left_syn_recv >= n, "{left_syn_recv} SYN_RECV spells ended");
+        assert_eq!(count(hist(&vals, "SYN_RECV", &none)), left_syn_recv);
         assert_eq!(count(hist(&vals, "connect.server", &none)), n);
         // Every server socket leaves ESTABLISHED exactly once, whichever way it closes.
         assert_eq!(count(hist(&vals, "ESTABLISHED", &none)), n);
