@@ -46,14 +46,16 @@ pub struct Boot<'a> {
     pub nonce: &'a str,
     pub timeout: Duration,
     pub log: &'a Path,
-    /// vCPUs: one, unless told (see `GUEST_CPUS`).
+    /// vCPUs (see `GUEST_CPUS`).
     pub cpus: u32,
 }
 
 impl Boot<'_> {
     pub fn run(&self) -> Result<Console> {
         let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048"])
+        // thread=single: the vCPUs take turns on one host thread, so none
+        // runs kernel text while another patches it.
+        qemu.args(["-accel", "tcg,thread=single", "-cpu", "max", "-m", "2048"])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-nodefaults", "-no-user-config", "-no-reboot"])
             .args(["-display", "none", "-serial", "stdio"])

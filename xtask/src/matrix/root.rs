@@ -216,6 +216,7 @@ for m in {MODULES_DIR}/*.ko; do
 done
 
 echo "{facts}uname -r: $(uname -r)"
+echo "{facts}CPUs online: $(cat /sys/devices/system/cpu/online)"
 f=/sys/kernel/tracing/events/sock/inet_sock_set_state/format
 if [ -e "$f" ]; then sed "s|^|{facts}format: |" "$f"; else echo "{facts}format: (no $f)"; fi
 for p in /proc/sys/kernel/perf_event_paranoid /proc/sys/kernel/unprivileged_bpf_disabled; do
