@@ -387,8 +387,9 @@ pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
 
 /// Ring buffers the kernel program writes to: CPU n writes to ring
 /// `n % RINGS`, so CPUs do not contend for one ring's lock and positions
-/// (the bench's `floor-ring-per-cpu` against `floor-ring`: 33 ns, 17%, less
-/// per record on a 2-vCPU Intel host). Beyond `RINGS` CPUs, rings are shared.
+/// (the bench's `floor-ring-per-cpu` against `floor-ring`, 2-vCPU Intel
+/// host: 39 ns, 20%, less per record in the full run at 01fc7a2; 27 ns, 13%,
+/// at 8ee6013). Beyond `RINGS` CPUs, rings are shared.
 pub const RINGS: u32 = 8;
 
 /// What the kernel program does with a transition ([`Config::mode`]).

@@ -43,10 +43,10 @@ const ACCEPT_EXITS: [(&str, &str, &str); 2] = [
 /// but a reader that rarely wakes lets the vCPUs halt, and the traced load
 /// pays for waking a halted vCPU. `watch --json` under nginx + wrk, Intel
 /// host, 3 alternating rounds, 2 MiB rings (untraced 39.9k conns/s, the
-/// bpftrace counter 0.921 of it at 80 ns/event): woken at a quarter, 227 ns/event and
-/// 0.860 of the untraced throughput; a sixteenth, 236 ns and 0.899; a
-/// 32nd, 245 ns and 0.914; a 64th, 263 ns and 0.918. Tracer CPU was
-/// 0.13-0.14 µs/event in each. The other side, measured on an AMD host
+/// bpftrace counter 0.921 of it at 80 ns/event): woken at a quarter,
+/// 227 ns/event and 0.860 of the untraced throughput; a sixteenth, 236 ns
+/// and 0.899; a 32nd, 245 ns and 0.914; a 64th, 263 ns and 0.918. Tracer
+/// CPU was 0.13-0.14 µs/event in each. The other side, measured on an AMD host
 /// with one shared 4 MiB ring: waking at 64 KiB, the wake-ups were a third
 /// of `bpf_ringbuf_submit`'s time in watch's profile.
 const WAKEUP_FRACTION: u64 = 16;
