@@ -10,6 +10,7 @@ use std::{
 };
 
 use crate::common::*;
+use serde_json::Value;
 
 /// Server-side transitions of one connection closed by the client first:
 /// LISTEN->SYN_RECV, SYN_RECV->ESTABLISHED, ->CLOSE_WAIT, ->LAST_ACK, ->CLOSE.
@@ -85,7 +86,7 @@ fn bpftool_ids(what: &str) -> BTreeSet<u32> {
         .args([what, "show", "-j"])
         .output()
         .expect("bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
         .unwrap()
         .iter()
@@ -363,13 +364,19 @@ fn more_older_sockets_than_the_owner_map_holds_are_left_out_with_a_warning() {
         "16",
     ]);
     drop(clients);
-    let closed = run.wait_for(Duration::from_secs(10), |v| {
-        v.iter().filter(|v| v["oldstate"] == "FIN_WAIT1").count() >= 100
-    });
+    let fin_wait1_exits = |v: &[Value]| v.iter().filter(|v| v["oldstate"] == "FIN_WAIT1").count();
+    run.wait_for(Duration::from_secs(10), |v| fin_wait1_exits(v) >= 100);
     drop(accepted);
     let fin = run.stop();
-    assert!(closed, "{:?} {}", fin.lines, fin.stderr);
     assert_eq!(fin.code, Some(0), "{}", fin.stderr);
+    // Each run the kernel skipped, and said so (another tracer's program was
+    // running on that CPU: the tests run in parallel), hides at most one exit.
+    let (seen, missed) = (fin_wait1_exits(&fin.json()), fin.missed() as usize);
+    assert!(
+        seen + missed >= 100,
+        "{seen} seen, {missed} missed: {}",
+        fin.stderr
+    );
     assert!(
         fin.stderr
             .contains("sockets older than tcptrace left out of the owner map"),
