@@ -15,6 +15,16 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Returns once every CPU has passed through an RCU grace period:
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()` (refused with
+/// nohz_full CPUs).
+pub fn synchronize_rcu() -> io::Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    check(rc as libc::c_int).map(drop)
+}
+
 /// `mount -t tracefs nodev <at>`.
 pub fn mount_tracefs(at: &str) -> io::Result<()> {
     let target = std::ffi::CString::new(at).map_err(io::Error::other)?;

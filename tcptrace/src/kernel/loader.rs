@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::TracePoint,
+    programs::{TracePoint, trace_point::TracePointLink},
 };
 use tcptrace_common::{
     Config, DROPS_SLOT, EVICTED_SLOT, GROUP_NONE, GROUP_PROCESS, HIST_FULL_SLOT, HIST_MAX_KEYS,
@@ -91,8 +91,11 @@ impl ProbeConfig {
 const STACK_BUCKETS: u32 = 16384;
 
 pub struct Probe {
-    // Keeps the programs and their links alive; dropping it detaches.
+    // Keeps the programs and the maps not taken out alive.
     _ebpf: Ebpf,
+    /// The attachments, apart from the programs so that [`Probe::detach`]
+    /// can stop them while their statistics stay readable.
+    links: Vec<TracePointLink>,
     /// The rings some CPU writes to; taken by the reader.
     pub events: Vec<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
@@ -158,11 +161,11 @@ impl Probe {
                 Err(e) => log::debug!("kernel log unavailable: {e}"),
             }
         }
-        let mut program_fds = Vec::new();
+        let (mut program_fds, mut links) = (Vec::new(), Vec::new());
         if cfg.owners() || cfg.stacks() {
-            attach_accept_exits(&mut ebpf, &config, moved, &mut program_fds)?;
+            attach_accept_exits(&mut ebpf, &config, moved, &mut program_fds, &mut links)?;
         }
-        program_fds.push(attach(
+        let (fd, link) = attach(
             &mut ebpf,
             if moved {
                 "inet_sock_set_state_moved"
@@ -170,7 +173,9 @@ impl Probe {
                 "inet_sock_set_state"
             },
             tracefs::STATE_CHANGE,
-        )?);
+        )?;
+        program_fds.push(fd);
+        links.push(link);
         let attached = std::time::Instant::now();
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -214,6 +219,7 @@ impl Probe {
         };
         Ok(Self {
             _ebpf: ebpf,
+            links,
             events,
             drops,
             aggregate,
@@ -222,6 +228,20 @@ impl Probe {
             program_fds,
             attached,
         })
+    }
+
+    /// Stops every program, and returns once none is still running: from
+    /// then on the rings hold every record the programs will ever write,
+    /// committed. Their statistics stay readable (the programs stay loaded).
+    pub fn detach(&mut self) {
+        self.links.clear();
+        // A run that saw the attachment before it went is inside an RCU
+        // read-side section (trace_call_bpf's), so one grace period later it
+        // has committed its record.
+        if let Err(e) = sys::synchronize_rcu() {
+            log::debug!("membarrier: {e}; waiting 50 ms for the last runs instead");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     fn drops(&self, slot: u32) -> u64 {
@@ -291,8 +311,12 @@ fn fdinfo_field(fd: RawFd, key: &str) -> Option<u64> {
     parse_fdinfo(&text, key)
 }
 
-/// Loads and attaches one tracepoint program; returns its fd.
-fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow::Result<RawFd> {
+/// Loads and attaches one tracepoint program; returns its fd and the attachment.
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    (group, name): (&str, &str),
+) -> anyhow::Result<(RawFd, TracePointLink)> {
     let p: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| anyhow!("kernel program {program} missing from the object"))?
@@ -306,14 +330,15 @@ fn attach(ebpf: &mut Ebpf, program: &str, (group, name): (&str, &str)) -> anyhow
             log::debug!("{program}: the verifier checked {n} instructions");
         }
     }
-    p.attach(group, name).map_err(|e| {
+    let link = p.attach(group, name).map_err(|e| {
         paranoid_refusal(&e, group, name).unwrap_or_else(|| {
             anyhow::Error::new(e).context(format!(
                 "attaching to tracepoint {group}:{name} (needs a kernel >= 4.16 with CONFIG_TRACEPOINTS)"
             ))
         })
     })?;
-    Ok(p.fd()?.as_fd().as_raw_fd())
+    let link = p.take_link(link)?;
+    Ok((p.fd()?.as_fd().as_raw_fd(), link))
 }
 
 /// The `accept()` exits, so that accepted sockets are owned by the process
@@ -325,6 +350,7 @@ fn attach_accept_exits(
     config: &Config,
     moved: bool,
     fds: &mut Vec<RawFd>,
+    links: &mut Vec<TracePointLink>,
 ) -> anyhow::Result<()> {
     if config.layout.socket_sk == KernelLayout::UNKNOWN {
         return Ok(()); // kernel_layout warned already.
@@ -347,8 +373,12 @@ fn attach_accept_exits(
                 attach(ebpf, program, (group, name))
             });
         match attached {
-            Ok(fd) if fds.contains(&fd) => {}
-            Ok(fd) => fds.push(fd),
+            Ok((fd, link)) => {
+                links.push(link);
+                if !fds.contains(&fd) {
+                    fds.push(fd);
+                }
+            }
             // The state change's tracepoint would be refused the same way:
             // one line, not two warnings and then that line.
             Err(e) if format!("{e}").contains(PERF_EVENT_PARANOID) => return Err(e),

@@ -108,7 +108,9 @@ impl RingReader {
         Ok(backlog)
     }
 
-    /// Hands everything still held to `handle`, in `ts_ns` order: the trace is ending.
+    /// Hands everything still held to `handle`, in `ts_ns` order: the trace
+    /// is ending, the programs detached and the rings read to the end, so
+    /// nothing held can still be waiting for a record in flight.
     pub fn finish(&mut self, handle: impl FnMut(&Event) -> io::Result<()>) -> io::Result<()> {
         self.state.release(true, handle)
     }

@@ -1,7 +1,7 @@
 //! The pipeline every subcommand shares: kernel program -> ring buffer ->
 //! decode -> socket table -> a [`Sink`]. Runs until a signal, the duration,
-//! or the sink says stop; then the sink finishes, the program is detached,
-//! and the run's statistics are returned.
+//! or the sink says stop; then the programs are detached, the rings read to
+//! the end, the sink finishes, and the run's statistics are returned.
 
 use std::{io, ops::ControlFlow, time::Duration};
 
@@ -146,7 +146,15 @@ impl Tracer {
                 break;
             }
         }
-        // What the last drain held back, for the other rings to settle it.
+        // Detached first, the rings then hold every record there will be, all
+        // committed: read to the end, none is left unread or can still be in
+        // flight behind one held back, so the last release is exact.
+        self.probe.detach();
+        let mut drained = self.drain(&mut rings, sink, false);
+        while matches!(drained, Ok(true)) {
+            drained = self.drain(&mut rings, sink, false);
+        }
+        closed_pipe(drained.map(drop))?;
         closed_pipe(self.drain(&mut rings, sink, true).map(drop))?;
         let mut stats = self.stats();
         match sink.finish(&mut self.context(stats)) {
@@ -154,7 +162,7 @@ impl Tracer {
             _ => {}
         }
         stats.measured = sink.measured();
-        // Detach before saying we are done.
+        // Unload before saying we are done.
         drop(rings);
         drop(self);
         Ok(stats)

@@ -5,6 +5,10 @@ use std::{
     collections::BTreeSet,
     net::Shutdown,
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::Duration,
 };
@@ -346,6 +350,66 @@ fn a_refused_bpf_system_call_is_named_as_such() {
     );
 }
 
+/// Stopped in the middle of a storm, the tracer reads every record its
+/// program wrote before it stopped: its events and lost records add up to the
+/// program's runs as the kernel counted them, none left unread in the rings.
+#[test]
+fn a_tracer_stopped_during_a_storm_reads_every_record_its_program_wrote() {
+    let _stats = BpfStats::enable();
+    let (l, port) = listener("127.0.0.1:0");
+    let storming = Arc::new(AtomicBool::new(true));
+    // One thread connecting and accepting in turn: a connecting thread of
+    // its own outruns the accepting one, fills the accept queue, and waits
+    // a second for each dropped SYN.
+    let storm = {
+        let storming = storming.clone();
+        thread::spawn(move || {
+            while storming.load(Ordering::Relaxed) {
+                let c = connect("127.0.0.1", port);
+                drop(l.accept().unwrap());
+                drop(c);
+            }
+        })
+    };
+    let stats = std::env::temp_dir().join(format!("tcptrace-storm-stop-{}.json", my_pid()));
+    let run = start(&["watch", "--json", "--stats-json", stats.to_str().unwrap()]);
+    let program = bpf_ids(run.pid(), "prog_id:")
+        .into_iter()
+        .find(|id| {
+            let out = Command::new("bpftool")
+                .args(["prog", "show", "id", &id.to_string(), "-j"])
+                .output()
+                .expect("bpftool");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("inet_sock_set_s"))
+        })
+        .map(HeldProgram::by_id)
+        .expect("the state-change program");
+    thread::sleep(slowed(Duration::from_millis(500)));
+    let fin = run.stop();
+    storming.store(false, Ordering::Relaxed);
+    storm.join().unwrap();
+    assert_eq!(fin.code, Some(0), "{}", fin.stderr);
+    let s: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    std::fs::remove_file(&stats).ok();
+    let read = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
+    let (events, lost, undecodable) = (read("events"), read("lost"), read("undecodable"));
+    let runs = program.run_cnt();
+    assert!(
+        events > 1000,
+        "a storm, not {events} events: {}",
+        fin.stderr
+    );
+    assert_eq!(
+        events + lost + undecodable,
+        runs,
+        "{events} events + {lost} lost + {undecodable} undecodable, against {runs} runs: {}",
+        fin.stderr
+    );
+}
+
 /// More sockets older than tcptrace than `--max-sockets`: the owners that do
 /// not fit are left out (said once, then unknown), and tracing starts.
 #[test]
@@ -383,9 +447,37 @@ fn more_older_sockets_than_the_owner_map_holds_are_left_out_with_a_warning() {
         "{}",
         fin.stderr
     );
-    // What a kernel decided at close() is right; the rest is unknown, never a guess.
-    for v in fin.json() {
-        assert!(v["pid"].is_null() || v["pid"] == my_pid(), "{v}");
+    // What a kernel decided at close() is right; the rest is unknown, never a
+    // guess. The last close() may be another process's: a child that another
+    // test forks holds this one's fds until its exec closes them (this
+    // happened in CI, to a child exec-ing tcptrace), and was their holder.
+    let vals = fin.json();
+    for v in &vals {
+        let pid = v["pid"].as_u64();
+        let closer = vals
+            .iter()
+            .find(|c| c["skaddr"] == v["skaddr"] && c["oldstate"] == "ESTABLISHED")
+            .and_then(|c| c["pid"].as_u64());
+        assert!(
+            pid.is_none() || pid == Some(my_pid().into()) || pid == closer,
+            "{v}"
+        );
+        if let Some(p) = pid.filter(|&p| p != u64::from(my_pid())) {
+            assert!(forked_by_us_or_gone(p as u32), "{v}");
+        }
+    }
+}
+
+/// Whether `pid` is this process's child, or has exited (its parent unknowable).
+fn forked_by_us_or_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // After the ")" ending the name: the state, then the parent's pid.
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(my_pid())
+        }
+        Err(_) => true,
     }
 }
 

@@ -18,8 +18,8 @@ use std::{
 };
 
 use crate::common::{
-    BIN, Netns, Paranoid, Scenario, Serve, close_all_accepted, closed_port, http, listener,
-    raise_memlock_before_5_11, run, slowed,
+    BIN, BpfStats, Netns, Paranoid, Scenario, Serve, close_all_accepted, closed_port, http,
+    listener, raise_memlock_before_5_11, run, slowed,
 };
 use serde_json::Value;
 
@@ -201,40 +201,6 @@ fn value(sample: &Value) -> f64 {
 
 pub fn single(result: &[Value]) -> Option<f64> {
     (result.len() == 1).then(|| value(&result[0]))
-}
-
-/// A network namespace with loopback up, deleted (with what runs in it) when dropped.
-/// Holds kernel BPF run-time statistics on (BPF_ENABLE_STATS) for as long as
-/// it lives; reference-counted by the kernel, so nobody else's setting changes.
-struct BpfStats(i32);
-
-impl BpfStats {
-    fn enable() -> Self {
-        const BPF_ENABLE_STATS: libc::c_long = 32;
-        let attr: u32 = 0; // BPF_STATS_RUN_TIME
-        // SAFETY: bpf(2) with a valid attr of the given size.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                &attr as *const u32,
-                size_of::<u32>() as u32,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "BPF_ENABLE_STATS: {}",
-            std::io::Error::last_os_error()
-        );
-        Self(fd as i32)
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        // SAFETY: our own fd.
-        unsafe { libc::close(self.0) };
-    }
 }
 
 #[test]
