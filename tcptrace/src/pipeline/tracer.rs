@@ -112,13 +112,17 @@ impl Tracer {
                 Stop,
             }
             // Signals and ticks first, so a storm that keeps the ring full
-            // cannot starve them; a backlog is drained without waiting.
+            // cannot starve them. A backlog is drained after a yield, not at
+            // once: this one-thread runtime only hears of a signal or a timer
+            // when its driver runs, which is when the task yields. Without
+            // it, a tracer that could not keep up ignored SIGINT (seen: a
+            // debug build under a storm, until killed).
             let wake = tokio::select! {
                 biased;
                 () = stop.recv() => Wake::Stop,
                 () = &mut deadline => Wake::Stop,
                 _ = ticker.tick() => Wake::Tick,
-                () = std::future::ready(()), if backlog => Wake::Ring,
+                () = tokio::task::yield_now(), if backlog => Wake::Ring,
                 r = rings.readable() => {
                     r.context("waiting on the ring buffer")?;
                     Wake::Ring

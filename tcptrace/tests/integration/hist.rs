@@ -5,10 +5,8 @@
 //! (and the tests running in parallel) cannot change the counts.
 
 use std::{
-    cell::Cell,
     io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
-    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
     thread,
     time::{Duration, Instant},
 };
@@ -38,11 +36,6 @@ fn close_first(l: &TcpListener, port: u16, server_delay: Duration) {
     });
 }
 
-thread_local! {
-    /// Tracepoint runs the kernel skipped in this attempt, over its tracers.
-    static MISSED: Cell<u64> = const { Cell::new(0) };
-}
-
 /// Reads the summary line's "N missed" and checks nothing was dropped.
 fn note_misses(fin: &Finished) {
     assert_eq!(fin.code, Some(0), "{}", fin.stderr);
@@ -52,29 +45,7 @@ fn note_misses(fin: &Finished) {
         "{}",
         fin.stderr
     );
-    let missed = fin.missed();
-    MISSED.with(|m| m.set(m.get() + missed));
-}
-
-/// The kernel skips a tracepoint run when a BPF program is already running
-/// on that CPU (any tracer's: the tests run in parallel), e.g. a softirq
-/// transition interrupting a process-context one; the tracer reports these
-/// as "missed". That, and nothing else, excuses a wrong count: the scenario
-/// then runs again, at most three times.
-fn retrying(scenario: impl Fn()) {
-    for attempt in 1..=3 {
-        MISSED.with(|m| m.set(0));
-        match catch_unwind(AssertUnwindSafe(&scenario)) {
-            Ok(()) => return,
-            Err(e) => {
-                let missed = MISSED.with(Cell::get);
-                if attempt == 3 || missed == 0 {
-                    resume_unwind(e);
-                }
-                eprintln!("attempt {attempt} failed with {missed} kernel runs missed: again");
-            }
-        }
-    }
+    fin.missed(); // said, and counted for `retrying`
 }
 
 /// Stops the tracer once the last transitions had time to happen.
