@@ -420,23 +420,29 @@ fn a_storm_of_loopback_connections_loses_nothing() {
         }
         server.join().unwrap();
         let rate = n as f64 / t0.elapsed().as_secs_f64();
-        // Every server-side socket: LISTEN->SYN_RECV, SYN_RECV->ESTABLISHED, then a close path.
+        // Every server-side socket: LISTEN->SYN_RECV, SYN_RECV->ESTABLISHED,
+        // then a close path. With two CPUs one request may make two
+        // children; the one that lost the race goes SYN_RECV->CLOSE (seen
+        // on 5.10 and 6.1 with 2 vCPUs: 3,001 children for 3,000), and is
+        // neither a connection nor its close.
+        let count = |v: &[Value], old: Option<&str>, new: &str| {
+            v.iter()
+                .filter(|v| old.is_none_or(|o| v["oldstate"] == o) && v["newstate"] == new)
+                .count()
+        };
+        let lost_races = |v: &[Value]| count(v, Some("SYN_RECV"), "CLOSE");
         let ok = run.wait_for(Duration::from_secs(20), |v| {
-            v.iter().filter(|v| v["newstate"] == "CLOSE").count() >= n
+            count(v, None, "CLOSE") - lost_races(v) >= n
         });
         let fin = run.stop();
         let vals = fin.json();
-        let syn_recv = vals
-            .iter()
-            .filter(|v| v["oldstate"] == "LISTEN" && v["newstate"] == "SYN_RECV")
-            .count();
-        assert!(
-            ok,
-            "only {} CLOSEs of {n}; stderr {}",
-            vals.iter().filter(|v| v["newstate"] == "CLOSE").count(),
-            fin.stderr
+        let closes = count(&vals, None, "CLOSE") - lost_races(&vals);
+        assert!(ok, "only {closes} CLOSEs of {n}; stderr {}", fin.stderr);
+        assert_eq!(
+            count(&vals, Some("LISTEN"), "SYN_RECV") - lost_races(&vals),
+            n,
+            "at {rate:.0} connections/s"
         );
-        assert_eq!(syn_recv, n, "at {rate:.0} connections/s");
         assert!(fin.stderr.contains(" 0 lost"), "{}", fin.stderr);
         eprintln!(
             "storm: {n} connections at {rate:.0}/s, {} transitions",
