@@ -151,14 +151,9 @@ impl Tracer {
             }
         }
         // Detached first, the rings then hold every record there will be, all
-        // committed: read to the end, none is left unread or can still be in
-        // flight behind one held back, so the last release is exact.
+        // committed: the last drain reads them to the end, so none is left
+        // unread or can still be in flight behind one held back.
         self.probe.detach();
-        let mut drained = self.drain(&mut rings, sink, false);
-        while matches!(drained, Ok(true)) {
-            drained = self.drain(&mut rings, sink, false);
-        }
-        closed_pipe(drained.map(drop))?;
         closed_pipe(self.drain(&mut rings, sink, true).map(drop))?;
         let mut stats = self.stats();
         match sink.finish(&mut self.context(stats)) {
@@ -205,8 +200,9 @@ impl Tracer {
         self.warned = *now;
     }
 
-    /// Reads at most [`DRAIN_BATCH`] records and handles those released
-    /// (all, when `last`); returns whether a backlog is left.
+    /// Reads at most [`DRAIN_BATCH`] records and handles those released;
+    /// returns whether a backlog is left. `last` (the programs detached):
+    /// reads the rings to the end and handles everything.
     fn drain(
         &mut self,
         rings: &mut RingReader,
@@ -218,7 +214,10 @@ impl Tracer {
             self.stats.events += 1;
             self.handle(ev, sink)
         };
-        let backlog = rings.drain(DRAIN_BATCH, &mut undecodable, &mut handle);
+        let mut backlog = rings.drain(DRAIN_BATCH, &mut undecodable, &mut handle);
+        while last && matches!(backlog, Ok(true)) {
+            backlog = rings.drain(DRAIN_BATCH, &mut undecodable, &mut handle);
+        }
         let finished = if last {
             rings.finish(&mut handle)
         } else {
