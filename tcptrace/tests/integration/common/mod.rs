@@ -7,6 +7,7 @@ use std::{
     cell::Cell,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -864,78 +865,53 @@ pub fn http(addr: &str, method: &str, path: &str, version: &str) -> Response {
     }
 }
 
+/// The fd a bpf(2) command `cmd` returns, its attr given as 32-bit words.
+fn bpf_fd(cmd: libc::c_long, attr: &[u32], what: &str) -> OwnedFd {
+    // SAFETY: bpf(2) with a valid attr of the given size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), size_of_val(attr) as u32) };
+    assert!(fd >= 0, "{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: a new fd, ours alone.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
 /// Holds kernel BPF run-time statistics on (BPF_ENABLE_STATS) for as long as
 /// it lives; reference-counted by the kernel, so nobody else's setting changes.
-pub struct BpfStats(i32);
+pub struct BpfStats {
+    _fd: OwnedFd,
+}
 
 impl BpfStats {
     pub fn enable() -> Self {
         const BPF_ENABLE_STATS: libc::c_long = 32;
-        let attr: u32 = 0; // BPF_STATS_RUN_TIME
-        // SAFETY: bpf(2) with a valid attr of the given size.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                &attr as *const u32,
-                size_of::<u32>() as u32,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "BPF_ENABLE_STATS: {}",
-            std::io::Error::last_os_error()
-        );
-        Self(fd as i32)
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        // SAFETY: our own fd.
-        unsafe { libc::close(self.0) };
+        let _fd = bpf_fd(BPF_ENABLE_STATS, &[0], "BPF_ENABLE_STATS"); // BPF_STATS_RUN_TIME
+        Self { _fd }
     }
 }
 
 /// A BPF program held open by its id, so that its statistics outlive the
 /// process that loaded it.
-pub struct HeldProgram(i32);
+pub struct HeldProgram(OwnedFd);
 
 impl HeldProgram {
     pub fn by_id(id: u32) -> Self {
         const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-        let attr: [u32; 3] = [id, 0, 0]; // prog_id, next_id, open_flags
-        // SAFETY: bpf(2) with a valid attr of the given size.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_GET_FD_BY_ID,
-                attr.as_ptr(),
-                size_of_val(&attr) as u32,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "BPF_PROG_GET_FD_BY_ID {id}: {}",
-            std::io::Error::last_os_error()
-        );
-        Self(fd as i32)
+        // prog_id, next_id, open_flags
+        let attr = [id, 0, 0];
+        Self(bpf_fd(
+            BPF_PROG_GET_FD_BY_ID,
+            &attr,
+            &format!("BPF_PROG_GET_FD_BY_ID {id}"),
+        ))
     }
 
     /// Its runs so far (counted while BPF statistics are on).
     pub fn run_cnt(&self) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.0)).unwrap();
+        let path = format!("/proc/self/fdinfo/{}", self.0.as_raw_fd());
+        let text = std::fs::read_to_string(path).unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix("run_cnt:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no run_cnt in {text}"))
-    }
-}
-
-impl Drop for HeldProgram {
-    fn drop(&mut self) {
-        // SAFETY: our own fd.
-        unsafe { libc::close(self.0) };
     }
 }
 
